@@ -1,0 +1,42 @@
+"""SD v1 KL autoencoder: images in [-1, 1] <-> scaled latents."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ldm.modules.diffusionmodules.model import Decoder, Encoder
+
+
+class AutoencoderKL(nn.Module):
+    """``encode``: (B, 3, R, R) -> (B, embed_dim, R/8, R/8) posterior *sample* x scale_factor;
+    ``decode``: the inverse map to images (~[-1, 1])."""
+
+    def __init__(self, ddconfig: dict, embed_dim: int, scale_factor: float = 1.0, **ignored):
+        super().__init__()
+        if not ddconfig.get("double_z", True):
+            raise ValueError("AutoencoderKL needs ddconfig.double_z = True")
+        self.scale_factor = scale_factor
+        self.embed_dim = embed_dim
+        self.encoder = Encoder(**ddconfig)
+        self.decoder = Decoder(**ddconfig)
+        self.quant_conv = nn.Conv2d(2 * ddconfig["z_channels"], 2 * embed_dim, 1)
+        self.post_quant_conv = nn.Conv2d(embed_dim, ddconfig["z_channels"], 1)
+        self.downsample_factor = 2 ** (len(ddconfig["ch_mult"]) - 1)
+
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) of the diagonal Gaussian posterior, unscaled."""
+        mean, logvar = self.quant_conv(self.encoder(x)).chunk(2, dim=1)
+        return mean, torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0))
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, sample: bool = True) -> torch.Tensor:
+        """A posterior sample (noise from the CPU generator, as the original) times ``scale_factor``."""
+        mean, std = self.posterior(x)
+        z = mean
+        if sample:
+            z = mean + std * torch.randn(mean.shape).to(device=mean.device, dtype=mean.dtype)
+        return z * self.scale_factor
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.post_quant_conv(z / self.scale_factor))

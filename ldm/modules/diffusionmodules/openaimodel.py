@@ -1,0 +1,267 @@
+"""The SD v1 UNet with GLIGEN's grounding inputs (``UNetModel``)."""
+from __future__ import annotations
+
+import os
+import random
+import warnings
+from copy import deepcopy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ldm.modules.attention import SpatialTransformer
+from ldm.util import instantiate_from_config
+
+from .util import checkpoint, normalization, timestep_embedding, zero_module
+
+SD_FIRST_CONV_FILE = "SD_input_conv_weight_bias.pth"
+
+
+class TimestepBlock(nn.Module):
+    """A module whose forward takes the timestep embedding as a second argument."""
+
+
+class TimestepEmbedSequential(nn.Sequential):
+    """Routes (x, emb, context, objs) to each child according to its kind."""
+
+    def forward(self, x, emb, context, objs):
+        for layer in self:
+            if isinstance(layer, TimestepBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, SpatialTransformer):
+                x = layer(x, context, objs)
+            else:
+                x = layer(x)
+        return x
+
+
+class Upsample(nn.Module):
+    """Nearest x2 then 3x3 conv. (B, C, H, W) -> (B, C_out, 2H, 2W)."""
+
+    def __init__(self, channels, use_conv=True, out_channels=None, padding=1):
+        super().__init__()
+        self.use_conv = use_conv
+        if use_conv:
+            self.conv = nn.Conv2d(channels, out_channels or channels, 3, padding=padding)
+
+    def forward(self, x):
+        x = F.interpolate(x, scale_factor=2, mode="nearest")
+        return self.conv(x) if self.use_conv else x
+
+
+class Downsample(nn.Module):
+    """Strided 3x3 conv. (B, C, H, W) -> (B, C_out, H/2, W/2)."""
+
+    def __init__(self, channels, use_conv=True, out_channels=None, padding=1):
+        super().__init__()
+        self.op = nn.Conv2d(channels, out_channels or channels, 3, stride=2, padding=padding) if use_conv \
+            else nn.AvgPool2d(2, 2)
+
+    def forward(self, x):
+        return self.op(x)
+
+
+class ResBlock(TimestepBlock):
+    """GroupNorm-SiLU-conv twice, timestep embedding added in between. x: (B, C_in, H, W), emb: (B, E)."""
+
+    def __init__(self, channels, emb_channels, dropout, out_channels=None, use_conv=False,
+                 use_scale_shift_norm=False, dims=2, use_checkpoint=False, up=False, down=False):
+        super().__init__()
+        out_channels = out_channels or channels
+        if up or down or use_scale_shift_norm or dims != 2:
+            raise NotImplementedError("only the SD v1 ResBlock (no up/down, no scale-shift, 2-D) is supported")
+        self.use_checkpoint = use_checkpoint
+        self.in_layers = nn.Sequential(normalization(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
+        self.out_layers = nn.Sequential(normalization(out_channels), nn.SiLU(), nn.Dropout(p=dropout),
+                                        zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1)))
+        if out_channels == channels:
+            self.skip_connection = nn.Identity()
+        else:
+            self.skip_connection = nn.Conv2d(channels, out_channels, 3 if use_conv else 1, padding=1 if use_conv else 0)
+
+    def forward(self, x, emb):
+        return checkpoint(self._forward, x, emb, enabled=self.use_checkpoint and self.training)
+
+    def _forward(self, x, emb):
+        h = self.in_layers(x)
+        h = h + self.emb_layers(emb).type(h.dtype)[..., None, None]
+        return self.skip_connection(x) + self.out_layers(h)
+
+
+class UNetModel(nn.Module):
+    """SD v1 UNet + GLIGEN grounding.
+
+    ``forward(input)`` takes a dict: ``x`` (B, in_channels, H, W) noisy latent, ``timesteps`` (B,),
+    ``context`` (B, 77, context_dim), optional ``grounding_input`` (kwargs for ``position_net``;
+    absent -> the null grounding of ``grounding_tokenizer_input``), ``inpainting_extra_input``
+    (B, in_channels + 1, H, W) when ``inpaint_mode``, ``grounding_extra_input`` (the raw spatial map)
+    when there is a ``downsample_net``. Returns the predicted noise (B, out_channels, H, W).
+    """
+
+    def __init__(self, image_size, in_channels, model_channels, out_channels, num_res_blocks,
+                 attention_resolutions, dropout=0, channel_mult=(1, 2, 4, 8), conv_resample=True, dims=2,
+                 use_checkpoint=False, num_heads=8, use_scale_shift_norm=False, transformer_depth=1,
+                 context_dim=None, fuser_type=None, inpaint_mode=False, grounding_downsampler=None,
+                 grounding_tokenizer=None):
+        super().__init__()
+        if fuser_type not in ("gatedSA", "gatedSA2", "gatedCA"):
+            raise ValueError(f"fuser_type must be gatedSA, gatedSA2 or gatedCA, got {fuser_type!r}")
+        if grounding_tokenizer is None:
+            raise ValueError("UNetModel needs a grounding_tokenizer config (target + params)")
+        self.image_size = image_size
+        self.in_channels = in_channels
+        self.model_channels = model_channels
+        self.out_channels = out_channels
+        self.num_res_blocks = num_res_blocks
+        self.attention_resolutions = attention_resolutions
+        self.dropout = dropout
+        self.channel_mult = channel_mult
+        self.conv_resample = conv_resample
+        self.use_checkpoint = use_checkpoint
+        self.num_heads = num_heads
+        self.context_dim = context_dim
+        self.fuser_type = fuser_type
+        self.inpaint_mode = inpaint_mode
+        self.grounding_tokenizer_input = None  # adapter object, attached from outside
+        self.sd_first_conv = None  # optional {"weight", "bias"} of SD's 4-channel first conv
+
+        time_embed_dim = model_channels * 4
+        self.time_embed = nn.Sequential(nn.Linear(model_channels, time_embed_dim), nn.SiLU(),
+                                        nn.Linear(time_embed_dim, time_embed_dim))
+
+        self.downsample_net = None
+        self.additional_channel_from_downsampler = 0
+        self.first_conv_type = "SD"
+        self.first_conv_restorable = True
+        if grounding_downsampler is not None:
+            self.downsample_net = instantiate_from_config(grounding_downsampler)
+            self.additional_channel_from_downsampler = self.downsample_net.out_dim
+            self.first_conv_type = "GLIGEN"
+        in_c = in_channels + self.additional_channel_from_downsampler
+        if inpaint_mode:
+            in_c += in_channels + 1  # masked latent + mask
+            self.first_conv_restorable = False
+
+        def transformer(ch):
+            return SpatialTransformer(ch, key_dim=context_dim, value_dim=context_dim, n_heads=num_heads,
+                                      d_head=ch // num_heads, depth=transformer_depth, fuser_type=fuser_type,
+                                      use_checkpoint=use_checkpoint)
+
+        def resblock(ch_in, ch_out):
+            return ResBlock(ch_in, time_embed_dim, dropout, out_channels=ch_out, use_checkpoint=use_checkpoint)
+
+        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(in_c, model_channels, 3, padding=1))])
+        skip_channels = [model_channels]
+        ch, ds = model_channels, 1
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                layers = [resblock(ch, mult * model_channels)]
+                ch = mult * model_channels
+                if ds in attention_resolutions:
+                    layers.append(transformer(ch))
+                self.input_blocks.append(TimestepEmbedSequential(*layers))
+                skip_channels.append(ch)
+            if level != len(channel_mult) - 1:
+                self.input_blocks.append(TimestepEmbedSequential(Downsample(ch, conv_resample)))
+                skip_channels.append(ch)
+                ds *= 2
+
+        self.middle_block = TimestepEmbedSequential(resblock(ch, ch), transformer(ch), resblock(ch, ch))
+
+        self.output_blocks = nn.ModuleList([])
+        for level, mult in list(enumerate(channel_mult))[::-1]:
+            for i in range(num_res_blocks + 1):
+                layers = [resblock(ch + skip_channels.pop(), model_channels * mult)]
+                ch = model_channels * mult
+                if ds in attention_resolutions:
+                    layers.append(transformer(ch))
+                if level and i == num_res_blocks:
+                    layers.append(Upsample(ch, conv_resample))
+                    ds //= 2
+                self.output_blocks.append(TimestepEmbedSequential(*layers))
+
+        self.out = nn.Sequential(normalization(ch), nn.SiLU(),
+                                 zero_module(nn.Conv2d(model_channels, out_channels, 3, padding=1)))
+        self.position_net = instantiate_from_config(grounding_tokenizer)
+
+    # -- grounding -------------------------------------------------------------------------
+    def grounding_tokens(self, input: dict) -> torch.Tensor:
+        """The grounding tokens (B, N, context_dim) for this forward call (spec: null if absent,
+        whole-batch null with probability 0.1 in training, drawn from Python's ``random``)."""
+        if "grounding_tokens" in input and input["grounding_tokens"] is not None:
+            return input["grounding_tokens"]
+        adapter = self.grounding_tokenizer_input
+        if "grounding_input" in input:
+            kwargs = input["grounding_input"]
+        else:
+            if adapter is None:
+                raise RuntimeError("no grounding_input given and no grounding_tokenizer_input attached for null input")
+            kwargs = adapter.get_null_input()
+        if self.training and random.random() < 0.1 and adapter is not None and adapter.set:
+            kwargs = adapter.get_null_input()
+        return self.position_net(**kwargs)
+
+    def forward(self, input: dict) -> torch.Tensor:
+        objs = self.grounding_tokens(input)
+        emb = self.time_embed(timestep_embedding(input["timesteps"], self.model_channels).to(input["x"].dtype))
+        context = input["context"]
+
+        h = input["x"]
+        if self.downsample_net is not None and self.first_conv_type == "GLIGEN":
+            h = torch.cat([h, self.downsample_net(input["grounding_extra_input"])], dim=1)
+        if self.inpaint_mode:
+            if self.downsample_net is not None:
+                raise NotImplementedError("inpainting with a spatial-map downsampler is not supported (as in the original)")
+            h = torch.cat([h, input["inpainting_extra_input"]], dim=1)
+
+        skips = []
+        for block in self.input_blocks:
+            h = block(h, emb, context, objs)
+            skips.append(h)
+        h = self.middle_block(h, emb, context, objs)
+        for block in self.output_blocks:
+            h = block(torch.cat([h, skips.pop()], dim=1), emb, context, objs)
+        return self.out(h)
+
+    # -- first-conv swap used by scheduled sampling ---------------------------------------
+    def restore_first_conv_from_SD(self):
+        """Swap in Stable Diffusion's 4-channel first conv (spatial models then ignore the map).
+
+        Source of SD's conv, in order: ``self.sd_first_conv`` (dict weight/bias), the original's
+        ``SD_input_conv_weight_bias.pth`` in the working directory, else the checkpoint's own conv
+        restricted to the latent channels (exact for box/keypoint models, whose first conv is SD's).
+        """
+        if not self.first_conv_restorable:
+            return  # inpainting models keep their 9-channel conv
+        if self.first_conv_type == "SD" and self.input_blocks[0][0].in_channels == self.in_channels:
+            return
+        old = self.input_blocks[0][0]
+        sd = self.sd_first_conv
+        if sd is None and os.path.isfile(SD_FIRST_CONV_FILE):
+            from ldm.checkpoint import safe_torch_load
+            sd = safe_torch_load(SD_FIRST_CONV_FILE)
+        if sd is None:
+            if self.downsample_net is not None:
+                warnings.warn("SD first-conv weights not provided (model.sd_first_conv or ./SD_input_conv_weight_bias.pth); "
+                              "using the checkpoint's first conv restricted to the latent channels", stacklevel=2)
+            sd = {"weight": old.weight[:, :self.in_channels], "bias": old.bias}
+        self.GLIGEN_first_conv_state_dict = deepcopy(old.state_dict())
+        conv = nn.Conv2d(self.in_channels, old.out_channels, 3, padding=1).to(old.weight.device, old.weight.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(sd["weight"])
+            conv.bias.copy_(sd["bias"])
+        self.input_blocks[0][0] = conv
+        self.first_conv_type = "SD"
+
+    def restore_first_conv_from_GLIGEN(self):
+        """Undo :meth:`restore_first_conv_from_SD`: put the checkpoint's own first conv back."""
+        state = self.__dict__.pop("GLIGEN_first_conv_state_dict", None)
+        if state is None:
+            return
+        old = self.input_blocks[0][0]
+        conv = nn.Conv2d(state["weight"].shape[1], state["weight"].shape[0], 3, padding=1)
+        conv.load_state_dict(state)
+        self.input_blocks[0][0] = conv.to(old.weight.device, old.weight.dtype)
+        self.first_conv_type = "GLIGEN" if self.downsample_net is not None else "SD"

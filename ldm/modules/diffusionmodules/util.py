@@ -1,0 +1,67 @@
+"""Small building blocks shared by the UNet and the grounding tokenizers."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint as _torch_checkpoint
+
+
+def checkpoint(fn, *args, enabled: bool = True):
+    """Gradient checkpointing (non-reentrant) when ``enabled`` and autograd is recording."""
+    if enabled and torch.is_grad_enabled():
+        return _torch_checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        p.detach().zero_()
+    return module
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm evaluated in float32 and cast back (as the original UNet ResBlocks)."""
+
+    def forward(self, x):
+        return super().forward(x.float()).type(x.dtype)
+
+
+def normalization(channels: int) -> nn.Module:
+    return GroupNorm32(32, channels)
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:
+    """Sinusoidal embedding, cos first: timesteps (B,) -> (B, dim) float32."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half)
+    args = timesteps[:, None].float() * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+class FourierEmbedder:
+    """Parameter-free Fourier features: x (..., D) -> (..., 2 * num_freqs * D).
+
+    Layout: ``[sin(f0 x), cos(f0 x), sin(f1 x), cos(f1 x), ...]`` with ``f_k = temperature ** (k / num_freqs)``.
+    Shared by the box (D=4 -> 64) and keypoint (D=2 -> 32) grounding tokenizers.
+    """
+
+    def __init__(self, num_freqs: int = 64, temperature: float = 100):
+        self.num_freqs = num_freqs
+        self.temperature = temperature
+        self.freq_bands = temperature ** (torch.arange(num_freqs, dtype=torch.float32) / num_freqs)
+
+    def out_dim(self, in_dim: int) -> int:
+        return 2 * self.num_freqs * in_dim
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, cat_dim: int = -1) -> torch.Tensor:
+        out = []
+        for freq in self.freq_bands.tolist():
+            out.append(torch.sin(freq * x))
+            out.append(torch.cos(freq * x))
+        return torch.cat(out, dim=cat_dim)
