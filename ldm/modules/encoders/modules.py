@@ -49,6 +49,8 @@ class FrozenCLIPEmbedder(AbstractEncoder):
         max_length: token context length (77).
         pretrained: also load weights from ``version`` (Hub cache / local dir). Off by default
             because GLIGEN and SD checkpoints carry these weights.
+        text_config: ``CLIPTextConfig`` keyword arguments overriding ``version`` (self-contained
+            configs, e.g. small test models).
 
     ``state_dict()`` uses transformers-5 names (``transformer.embeddings.*``); ``load_state_dict``
     also accepts the official transformers-4 names (``transformer.text_model.*`` plus the
@@ -56,7 +58,7 @@ class FrozenCLIPEmbedder(AbstractEncoder):
     """
 
     def __init__(self, version: str = OPENAI_CLIP_L14, device: str = "cpu", max_length: int = 77,
-                 pretrained: bool = False):
+                 pretrained: bool = False, text_config: dict | None = None):
         super().__init__()
         from transformers import CLIPTextModel
 
@@ -65,6 +67,10 @@ class FrozenCLIPEmbedder(AbstractEncoder):
         self.tokenizer = _shared_tokenizer()
         if pretrained:
             self.transformer = CLIPTextModel.from_pretrained(version)
+        elif text_config is not None:
+            from transformers import CLIPTextConfig
+
+            self.transformer = CLIPTextModel(CLIPTextConfig(**text_config))
         else:
             self.transformer = CLIPTextModel(_text_config(version))
         self.register_load_state_dict_pre_hook(_accept_official_text_encoder_keys)
