@@ -282,3 +282,69 @@ def read_official_ckpt(path: str | os.PathLike, trust: bool | None = None) -> di
     if not any(k.startswith("model.diffusion_model.") for k in state):
         raise CheckpointError(f"{path}: no 'model.diffusion_model.*' keys; is this an SD v1 checkpoint?")
     return split_sd_checkpoint(state)
+
+
+# -- Stable Diffusion's first conv (used by scheduled sampling of spatial-map models) --------
+SD_REPO_ID = "CompVis/stable-diffusion-v1-4"
+SD_UNET_FILE = "unet/diffusion_pytorch_model.safetensors"
+SD_FIRST_CONV_KEYS = {"weight": "conv_in.weight", "bias": "conv_in.bias"}
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+
+
+def read_safetensors_tensors(fileobj, names: list[str]) -> dict[str, torch.Tensor]:
+    """Read only ``names`` from a safetensors stream (header + byte ranges), e.g. a remote file."""
+    import struct
+
+    fileobj.seek(0)
+    (header_len,) = struct.unpack("<Q", fileobj.read(8))
+    header = json.loads(fileobj.read(header_len))
+    out = {}
+    for name in names:
+        if name not in header:
+            raise CheckpointError(f"tensor {name!r} not in safetensors header")
+        info = header[name]
+        start, end = info["data_offsets"]
+        fileobj.seek(8 + header_len + start)
+        data = bytearray(fileobj.read(end - start))
+        dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+        out[name] = torch.frombuffer(data, dtype=dtype).reshape(info["shape"]).float()
+    return out
+
+
+def load_sd_first_conv(source: str | os.PathLike | None = None) -> dict[str, torch.Tensor]:
+    """Stable Diffusion v1.4's first UNet conv, ``{"weight": (320, 4, 3, 3), "bias": (320,)}`` float32.
+
+    ``source``: a ``{"weight", "bias"}`` file (the original ``SD_input_conv_weight_bias.pth``), an SD
+    ``.ckpt``/``.safetensors``, or None: ``./SD_input_conv_weight_bias.pth`` if present, else a cached
+    copy, else the two tensors read by byte range from ``CompVis/stable-diffusion-v1-4`` on the Hub
+    (about 46 KB, cached under the Hub cache; honours ``HF_HUB_OFFLINE``).
+    """
+    if source is None and os.path.isfile("SD_input_conv_weight_bias.pth"):
+        source = "SD_input_conv_weight_bias.pth"
+    if source is not None:
+        source = os.fspath(source)
+        if source.endswith(".safetensors"):
+            with open(source, "rb") as f:
+                t = read_safetensors_tensors(f, list(SD_FIRST_CONV_KEYS.values()))
+            return {k: t[v] for k, v in SD_FIRST_CONV_KEYS.items()}
+        obj = safe_torch_load(source)
+        if isinstance(obj, dict) and {"weight", "bias"} <= set(obj):
+            return {"weight": obj["weight"].float(), "bias": obj["bias"].float()}
+        state = read_official_ckpt(source)["model"]
+        return {"weight": state["input_blocks.0.0.weight"][:, :4].float(), "bias": state["input_blocks.0.0.bias"].float()}
+
+    from huggingface_hub import constants
+
+    cached = os.path.join(constants.HF_HUB_CACHE, "gligen", "SD_input_conv_weight_bias.pth")
+    if os.path.isfile(cached):
+        return load_sd_first_conv(cached)
+    if constants.HF_HUB_OFFLINE:
+        raise CheckpointError("SD v1.4 first conv not cached and HF_HUB_OFFLINE is set; pass "
+                              "--sd_first_conv SD_input_conv_weight_bias.pth (or an SD v1.4 checkpoint)")
+    from huggingface_hub import HfFileSystem
+
+    with HfFileSystem().open(f"{SD_REPO_ID}/{SD_UNET_FILE}", "rb", block_size=1 << 16) as f:
+        t = read_safetensors_tensors(f, list(SD_FIRST_CONV_KEYS.values()))
+    conv = {k: t[v] for k, v in SD_FIRST_CONV_KEYS.items()}
+    save_checkpoint(conv, cached)
+    return conv

@@ -115,3 +115,32 @@ def test_not_an_sd_checkpoint(tmp_path):
     torch.save({"state_dict": {"foo": torch.zeros(1)}}, path)
     with pytest.raises(CheckpointError, match="model.diffusion_model"):
         read_official_ckpt(path)
+
+
+def test_sd_first_conv_from_files(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    from ldm.checkpoint import load_sd_first_conv
+
+    w, b = torch.randn(320, 4, 3, 3), torch.randn(320)
+    save_file({"conv_in.weight": w.half(), "conv_in.bias": b, "other": torch.zeros(3)}, tmp_path / "unet.safetensors")
+    conv = load_sd_first_conv(tmp_path / "unet.safetensors")  # byte-range reader, fp16 -> fp32
+    torch.testing.assert_close(conv["weight"], w.half().float())
+    torch.testing.assert_close(conv["bias"], b)
+    torch.save({"weight": w, "bias": b}, tmp_path / "SD_input_conv_weight_bias.pth")
+    monkeypatch.chdir(tmp_path)  # the original's file in the working directory wins
+    assert torch.equal(load_sd_first_conv()["weight"], w)
+    sd = write_tiny_sd_checkpoint(tmp_path / "sd.ckpt")
+    assert load_sd_first_conv(sd)["weight"].shape == (32, 4, 3, 3)
+
+
+def test_sd_first_conv_offline_without_cache_is_clear(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from ldm.checkpoint import load_sd_first_conv
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE"):
+        load_sd_first_conv()

@@ -240,8 +240,8 @@ class UNetModel(nn.Module):
         old = self.input_blocks[0][0]
         sd = self.sd_first_conv
         if sd is None and os.path.isfile(SD_FIRST_CONV_FILE):
-            from ldm.checkpoint import safe_torch_load
-            sd = safe_torch_load(SD_FIRST_CONV_FILE)
+            from ldm.checkpoint import load_sd_first_conv
+            sd = load_sd_first_conv(SD_FIRST_CONV_FILE)
         if sd is None:
             if self.downsample_net is not None:
                 warnings.warn("SD first-conv weights not provided (model.sd_first_conv or ./SD_input_conv_weight_bias.pth); "
