@@ -1,0 +1,18 @@
+"""8-bit MiDaS depth map condition dataset (data.md §6.1): a thin wrapper of the shared implementation."""
+from __future__ import annotations
+
+from .spatial_dataset import ParallelTSVConditionDataset
+
+__all__ = ["DepthDataset"]
+
+
+class DepthDataset(ParallelTSVConditionDataset):
+    """Main CC3M TSV + parallel `depth` TSV.
+
+    Output: ``id``, ``image`` (3, S, S), ``depth`` (3, S, S) in [-1, 1] (grey map in 3 identical
+    channels), ``mask`` (scalar 1.0), ``caption``.
+    """
+
+    def __init__(self, tsv_path, depth_tsv_path, prob_use_caption=1, image_size=512, random_flip=False):
+        super().__init__(tsv_path, depth_tsv_path, "depth", prob_use_caption=prob_use_caption,
+                         image_size=image_size, random_flip=random_flip)
