@@ -18,6 +18,10 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# offline demo: tiny random-weight checkpoints under .cache/demo/, full pipeline on examples/demo_layout.json (CPU)
+demo: $(STAMP)
+	$(PY) -m ldm.inference.demo --no-progress
+
 parity: $(STAMP)
 	$(PY) ../shared/reference/check_parity.py --project . --golden ../shared/reference/golden
 

@@ -311,27 +311,44 @@ def read_safetensors_tensors(fileobj, names: list[str]) -> dict[str, torch.Tenso
     return out
 
 
+def _first_conv_from_state(obj: dict) -> dict[str, torch.Tensor] | None:
+    """Find a 4-channel SD first conv in a loaded file: ``{"weight","bias"}``, an SD or GLIGEN box/keypoint
+    state dict (``[model.diffusion_model.]input_blocks.0.0.*``) or a diffusers UNet (``conv_in.*``)."""
+    for sd in (obj, obj.get("model"), obj.get("state_dict")):
+        if not isinstance(sd, dict):
+            continue
+        for w_key, b_key in (("weight", "bias"), ("input_blocks.0.0.weight", "input_blocks.0.0.bias"),
+                             ("model.diffusion_model.input_blocks.0.0.weight", "model.diffusion_model.input_blocks.0.0.bias"),
+                             ("conv_in.weight", "conv_in.bias")):
+            w, b = sd.get(w_key), sd.get(b_key)
+            if isinstance(w, torch.Tensor) and isinstance(b, torch.Tensor) and w.dim() == 4 and w.shape[1] == 4:
+                return {"weight": w.float(), "bias": b.float()}
+    return None
+
+
 def load_sd_first_conv(source: str | os.PathLike | None = None) -> dict[str, torch.Tensor]:
     """Stable Diffusion v1.4's first UNet conv, ``{"weight": (320, 4, 3, 3), "bias": (320,)}`` float32.
 
-    ``source``: a ``{"weight", "bias"}`` file (the original ``SD_input_conv_weight_bias.pth``), an SD
-    ``.ckpt``/``.safetensors``, or None: ``./SD_input_conv_weight_bias.pth`` if present, else a cached
-    copy, else the two tensors read by byte range from ``CompVis/stable-diffusion-v1-4`` on the Hub
-    (about 46 KB, cached under the Hub cache; honours ``HF_HUB_OFFLINE``).
+    ``source``: the original ``SD_input_conv_weight_bias.pth``, an SD ``.ckpt``, a diffusers UNet file
+    (``.safetensors``/``.bin``) or a GLIGEN box/keypoint checkpoint (their first conv is SD's). With None:
+    ``./SD_input_conv_weight_bias.pth`` if present, else a cached copy, else the two tensors read by byte
+    range from ``CompVis/stable-diffusion-v1-4`` on the Hub (about 46 KB; honours ``HF_HUB_OFFLINE``).
     """
     if source is None and os.path.isfile("SD_input_conv_weight_bias.pth"):
         source = "SD_input_conv_weight_bias.pth"
     if source is not None:
         source = os.fspath(source)
         if source.endswith(".safetensors"):
+            if not os.path.isfile(source):
+                raise CheckpointError(f"checkpoint not found: {source}")
             with open(source, "rb") as f:
                 t = read_safetensors_tensors(f, list(SD_FIRST_CONV_KEYS.values()))
             return {k: t[v] for k, v in SD_FIRST_CONV_KEYS.items()}
-        obj = safe_torch_load(source)
-        if isinstance(obj, dict) and {"weight", "bias"} <= set(obj):
-            return {"weight": obj["weight"].float(), "bias": obj["bias"].float()}
-        state = read_official_ckpt(source)["model"]
-        return {"weight": state["input_blocks.0.0.weight"][:, :4].float(), "bias": state["input_blocks.0.0.bias"].float()}
+        conv = _first_conv_from_state(safe_torch_load(source))
+        if conv is None:
+            raise CheckpointError(f"{source}: no 4-channel SD first conv found (expected weight/bias, "
+                                  "input_blocks.0.0.* or conv_in.*)")
+        return conv
 
     from huggingface_hub import constants
 

@@ -1,5 +1,6 @@
 """Grounding tokenizers, downsamplers and adapters of every modality: shapes, masking, null inputs."""
 import importlib
+import os
 
 import pytest
 import torch
@@ -199,6 +200,7 @@ def test_full_size_spatial_model_forward_small_resolution():
     cfg["model"]["params"]["grounding_downsampler"]["params"]["resize_input"] = 64  # -> 16x16 latent
     cfg["model"]["params"]["grounding_tokenizer"]["params"]["resize_input"] = 64  # -> 2x2 = 4 tokens
     torch.manual_seed(0)
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     model = instantiate_from_config(cfg["model"]).eval()
     gi, gdi = adapter("canny"), adapter("canny", "downsampler")
     model.grounding_tokenizer_input = gi
@@ -208,4 +210,5 @@ def test_full_size_spatial_model_forward_small_resolution():
         assert tokens.shape == (1, 4, 768)
         eps = model(dict(x=torch.randn(1, 4, 16, 16), timesteps=torch.tensor([500]), context=torch.randn(1, 77, 768),
                          grounding_input=gi.prepare(batch), grounding_extra_input=gdi.prepare(batch)))
+    torch.set_num_threads(1)
     assert eps.shape == (1, 4, 16, 16) and torch.isfinite(eps).all()

@@ -1,0 +1,349 @@
+"""The inference pipeline of ``gligen_inference.py`` (model.md §11.2), one generation at a time.
+
+:class:`Settings` holds the run options, :class:`Runner` loads checkpoints on demand (one at a
+time), prepares the batch for the checkpoint's mode, samples with classifier-free guidance and
+scheduled gates, decodes and saves::
+
+    runner = Runner(Settings(batch_size=2, steps=50, seed=1))
+    paths = runner.run(Generation.from_dict({...}))
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import torch
+
+from .batch import boxes_tensor, inpainting_image, open_image, prepare_batch
+from ldm.checkpoint import CheckpointError, load_sd_first_conv
+
+from .checkpoints import RELEASED_MODES, resolve_checkpoint
+from .errors import LayoutError, ResolveError
+from .layout import BOX_FORMATS, Generation
+from .modes import SPATIAL_LAYOUT_KEYS, Mode, mode_of_models
+from .saving import next_index, save_png, to_uint8, write_json
+
+DEFAULT_NEGATIVE_PROMPT = ("longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, "
+                           "cropped, worst quality, low quality")
+DEFAULT_CLIP = "openai/clip-vit-large-patch14"
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DEVICES = ("auto", "cpu", "cuda", "mps")
+SAMPLERS = ("plms", "ddim")
+
+#: output sub-folder per mode when a layout names none (the original examples' names)
+DEFAULT_FOLDERS = {
+    Mode("text"): "generation_box_text", Mode("text_image"): "generation_box_image",
+    Mode("text", True): "inpainting_box_text", Mode("text_image", True): "inpainting_box_image",
+    Mode("keypoint"): "keypoint", **{Mode(f): f for f in SPATIAL_LAYOUT_KEYS},
+}
+
+
+@dataclass
+class Settings:
+    """Run options (CLI flags; a layout file's ``settings`` block gives defaults for them)."""
+
+    sampler: str = "plms"
+    steps: int | None = None  # None: 50 (PLMS) / 250 (DDIM), as the original
+    guidance_scale: float = 7.5
+    negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT
+    batch_size: int = 5
+    seed: int | None = None
+    device: str = "auto"
+    dtype: str = "fp32"
+    folder: str = "generation_samples"
+    clip: str = DEFAULT_CLIP
+    ckpt: str | None = None
+    ckpt_dir: str | None = None
+    sd_first_conv: str | None = None
+    box_format: str = "xyxy"
+    progress: bool = True
+
+    #: keys a layout file's ``settings`` may set
+    FILE_KEYS = ("sampler", "steps", "guidance_scale", "negative_prompt", "batch_size", "dtype", "clip",
+                 "sd_first_conv", "box_format", "device", "folder")
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> "Settings":
+        if self.sampler not in SAMPLERS:
+            raise LayoutError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
+            raise LayoutError(f"steps must be a positive integer, got {self.steps!r}")
+        if self.steps is not None:
+            from ldm.models.diffusion.sampling import make_ddim_timesteps
+
+            try:
+                make_ddim_timesteps(self.steps)
+            except ValueError as e:
+                raise LayoutError(str(e)) from None
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise LayoutError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if self.dtype not in DTYPES:
+            raise LayoutError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+        if self.device not in DEVICES:
+            raise LayoutError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.box_format not in BOX_FORMATS:
+            raise LayoutError(f"box format must be one of {BOX_FORMATS}, got {self.box_format!r}")
+        return self
+
+    @classmethod
+    def merged(cls, file_settings: dict | None, **cli: Any) -> "Settings":
+        """Defaults < the layout file's ``settings`` < explicit CLI values (``None`` = not given)."""
+        file_settings = dict(file_settings or {})
+        unknown = [k for k in file_settings if k not in cls.FILE_KEYS]
+        if unknown:
+            raise LayoutError(f"unknown key {unknown[0]!r} in the layout's settings (allowed: {', '.join(cls.FILE_KEYS)})")
+        values = {**file_settings, **{k: v for k, v in cli.items() if v is not None}}
+        return cls(**values)
+
+    @property
+    def num_steps(self) -> int:
+        return self.steps if self.steps is not None else (50 if self.sampler == "plms" else 250)
+
+    def record(self) -> dict:
+        """The settings a saved run needs to be repeated (see ``FILE_KEYS``)."""
+        d = dataclasses.asdict(self)
+        d["steps"] = self.num_steps
+        d["box_format"] = "xyxy"  # saved layouts hold normalised xyxy boxes
+        return {k: d[k] for k in self.FILE_KEYS if k not in ("device", "folder")}
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` -> cuda, then mps, then cpu; an explicit device must be available."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ResolveError("--device cuda requested but CUDA is not available")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise ResolveError("--device mps requested but MPS is not available")
+    return torch.device(name)
+
+
+@dataclass
+class Result:
+    """One generation: decoded images (B, 3, H, W) in ~[-1, 1] and what produced them."""
+
+    images: torch.Tensor
+    latents: torch.Tensor
+    generation: Generation
+    mode: Mode
+    checkpoint: str
+    seed: int
+    paths: list = field(default_factory=list)
+
+
+class Runner:
+    """Runs :class:`Generation` requests with cached models (one checkpoint loaded at a time)."""
+
+    def __init__(self, settings: Settings | None = None):
+        self.settings = (settings or Settings()).validate()
+        self.device = pick_device(self.settings.device)
+        self.dtype = DTYPES[self.settings.dtype]
+        self._loaded: tuple[str, Any, Mode] | None = None
+        self._features = None
+        self._sd_conv = load_sd_first_conv(self.settings.sd_first_conv) if self.settings.sd_first_conv else None
+
+    # ---------------------------------------------------------------- resources
+    def checkpoint_for(self, gen: Generation) -> str:
+        """Local path of the checkpoint for ``gen``: ``--ckpt``, else the layout's ``ckpt``, else the
+        released checkpoint for the mode the layout implies."""
+        spec = self.settings.ckpt or gen.ckpt
+        return resolve_checkpoint(spec, None if spec else gen.implied_mode(), self.settings.ckpt_dir)
+
+    def load(self, path: str):
+        """``(GLIGENModels, Mode)`` for a checkpoint file (cached for consecutive calls)."""
+        if self._loaded is not None and self._loaded[0] == path:
+            return self._loaded[1], self._loaded[2]
+        from ldm.checkpoint import build_from_checkpoint, load_checkpoint_file
+
+        self._loaded = None  # free the previous model first
+        ckpt = load_checkpoint_file(path)
+        config = None
+        if "config_dict" not in ckpt:
+            config = fallback_config(ckpt.get("model", {}))
+        models = build_from_checkpoint(ckpt, device="cpu", config=config)
+        del ckpt
+        models.to(self.device, self.dtype)
+        mode = mode_of_models(models)
+        self._loaded = (path, models, mode)
+        return models, mode
+
+    def features(self):
+        """CLIP phrase / reference-image features (loaded once, only for box modes)."""
+        if self._features is None:
+            from ldm.modules.encoders.clip_features import CLIPGroundingFeatures
+
+            try:
+                self._features = CLIPGroundingFeatures(self.settings.clip, device=self.device, dtype=torch.float32)
+            except OSError as e:
+                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ResolveError(f"cannot load the CLIP model {self.settings.clip!r} for phrase/image features: {msg}") \
+                    from None
+        return self._features
+
+    def sd_first_conv(self):
+        """SD v1.4's 4-channel first conv, needed by spatial-map models at steps whose gate scale is 0:
+        ``--sd_first_conv`` if given, else :func:`ldm.checkpoint.load_sd_first_conv` (working-directory
+        file, Hub cache, or a 46 KB ranged read from the Hub). None (with a warning) if unavailable."""
+        if self._sd_conv is None:
+            try:
+                self._sd_conv = load_sd_first_conv()
+            except (CheckpointError, OSError) as e:
+                import warnings
+
+                warnings.warn(f"SD v1.4 first conv unavailable ({e}); pass --sd_first_conv", stacklevel=2)
+                return None
+        return self._sd_conv
+
+    # ---------------------------------------------------------------- one generation
+    @torch.no_grad()
+    def generate(self, gen: Generation, starting_noise: torch.Tensor | None = None) -> Result:
+        """Sample ``batch_size`` images for ``gen`` (model.md §11.2, steps 1-10).
+
+        ``starting_noise`` (B, 4, h, w): the initial latent; None draws it from the seeded global
+        generator (as the original, which always passes None).
+        """
+        from inpaint_mask_func import draw_masks_from_boxes
+        from ldm.models.diffusion.ddim import DDIMSampler
+        from ldm.models.diffusion.plms import PLMSSampler
+        from ldm.models.diffusion.sampling import alpha_generator, set_alpha_scale
+
+        s = self.settings
+        path = self.checkpoint_for(gen)
+        models, mode = self.load(path)
+        gen.check_compatible(mode, f"checkpoint {os.path.basename(path)}")
+        model, dev, dt = models.model, self.device, self.dtype
+        if hasattr(model, "restore_first_conv_from_GLIGEN"):
+            model.restore_first_conv_from_GLIGEN()  # undo a swap left by a previous generation
+        if model.downsample_net is not None and 0 in alpha_generator(s.num_steps, gen.alpha_type):
+            model.sd_first_conv = self.sd_first_conv()
+        B = s.batch_size
+
+        # grounding batch (CPU float32) -> device / dtype
+        dim = getattr(model.position_net, "in_dim", None)
+        needs_clip = mode.is_box and (any(p is not None for p in gen.phrases) or
+                                      (mode.family == "text_image" and any(p is not None for p in gen.images)))
+        batch = prepare_batch(gen, mode, B, models.image_resolution, dim=dim,
+                              features=self.features() if needs_clip else None,
+                              max_persons=getattr(model.position_net, "max_persons_per_image", 8))
+        batch = {k: v.to(dev, dt if v.is_floating_point() else None) for k, v in batch.items()}
+
+        context = models.text_encoder.encode([gen.prompt] * B).to(dt)
+        negative = gen.negative_prompt if gen.negative_prompt is not None else s.negative_prompt
+        uc = models.text_encoder.encode([negative if negative is not None else ""] * B).to(dt)
+
+        sampler_cls = PLMSSampler if s.sampler == "plms" else DDIMSampler
+        sampler = sampler_cls(models.diffusion, model, alpha_generator_func=partial(alpha_generator, type=gen.alpha_type),
+                              set_alpha_scale=set_alpha_scale, progress=s.progress)
+
+        seed = s.seed if s.seed is not None else gen.seed
+        if seed is None:
+            seed = secrets.randbelow(2 ** 31)
+        torch.manual_seed(seed)  # RNG order from here on follows the original (model.md §11.5)
+
+        mask = z0 = inpainting_extra = None
+        if mode.inpaint:
+            # float32 boxes whatever the model dtype: the mask truncates int(coord * size) as the original
+            mask = draw_masks_from_boxes(boxes_tensor(gen.boxes, B), model.image_size).to(dev)
+            image = inpainting_image(gen.input_image, models.image_resolution).to(dev, dt)
+            z0 = models.autoencoder.encode(image)
+            inpainting_extra = torch.cat([z0 * mask, mask], dim=1).to(dt)  # (B, 4 + 1, h, w)
+
+        grounding_input = models.grounding_tokenizer_input.prepare(batch)
+        gdi = models.grounding_downsampler_input
+        x = None if starting_noise is None else starting_noise.to(dev, torch.float32).clone()
+        input = dict(x=x, timesteps=None, context=context, grounding_input=grounding_input,
+                     inpainting_extra_input=inpainting_extra,
+                     grounding_extra_input=gdi.prepare(batch) if gdi is not None else None)
+        shape = (B, model.in_channels, model.image_size, model.image_size)
+        samples = sampler.sample(S=s.num_steps, shape=shape, input=input, uc=uc, guidance_scale=s.guidance_scale,
+                                 mask=mask, x0=z0)
+        images = models.autoencoder.decode(samples.to(dt)).float()
+        return Result(images=images, latents=samples, generation=gen, mode=mode, checkpoint=path, seed=seed)
+
+    # ---------------------------------------------------------------- saving
+    def save(self, result: Result) -> list[str]:
+        """Write ``<n>.png``, ``<n>_annotated.png`` and ``<n>.json`` per sample (model.md §11.2 step 11)."""
+        gen, mode = result.generation, result.mode
+        folder = os.path.join(self.settings.folder, gen.save_folder_name or DEFAULT_FOLDERS.get(mode, mode.family))
+        os.makedirs(folder, exist_ok=True)
+        start = next_index(folder)
+        entry = gen.to_entry()
+        entry["seed"] = result.seed
+        entry["ckpt"] = _ckpt_record(gen, result.checkpoint, self.settings.ckpt)
+        record = {"settings": self.settings.record(), "generations": [entry]}
+        annotate = _annotator(gen, mode)
+        paths = []
+        for k, array in enumerate(to_uint8(result.images)):
+            n = start + k
+            paths.append(save_png(array, os.path.join(folder, f"{n}.png")))
+            paths.append(save_png(annotate(array), os.path.join(folder, f"{n}_annotated.png")))
+            out = {"image": f"{n}.png", "batch_index": k, "mode": mode.name, "checkpoint": result.checkpoint,
+                   "device": str(self.device)}
+            paths.append(os.path.join(folder, f"{n}.json"))
+            write_json(paths[-1], {**record, "outputs": out})
+        result.paths = paths
+        return paths
+
+    def run(self, gen: Generation) -> list[str]:
+        """Generate and save; returns the written paths."""
+        return self.save(self.generate(gen))
+
+
+def _ckpt_record(gen: Generation, path: str, cli_ckpt: str | None) -> str:
+    """What to write as ``ckpt`` in the saved layout: the Hub repo id when it came from the Hub."""
+    spec = cli_ckpt or gen.ckpt
+    if spec and not os.path.exists(spec):
+        return spec  # a repo id
+    if spec:
+        return os.path.abspath(spec)
+    mode = gen.implied_mode()
+    for repo, m in RELEASED_MODES.items():
+        if m == mode:
+            return repo
+    return os.path.abspath(path)
+
+
+def _annotator(gen: Generation, mode: Mode):
+    from PIL import Image
+
+    from .visualize import colorize_labels, draw_boxes, draw_keypoints, side_by_side
+
+    if mode.is_box:
+        return lambda a: draw_boxes(Image.fromarray(a), gen.boxes, gen.phrases or
+                                    [os.path.basename(p) if p else None for p in gen.images])
+    if mode.family == "keypoint":
+        return lambda a: draw_keypoints(Image.fromarray(a), gen.keypoints)
+    path = gen.condition[mode.family]
+    cond = colorize_labels(open_image(path, "L")) if mode.family == "sem" else open_image(path)
+    return lambda a: side_by_side(cond, Image.fromarray(a), SPATIAL_LAYOUT_KEYS[mode.family])
+
+
+def fallback_config(model_state: dict) -> dict:
+    """Config of a checkpoint without ``config_dict``: the shipped YAML of its family (+ inpaint_mode)."""
+    from .modes import family_from_state_dict
+
+    family = family_from_state_dict(model_state)
+    yaml_name = {"text": "flickr_text.yaml", "text_image": "flickr_text_image.yaml", "keypoint": "coco2017K.yaml",
+                 "hed": "cc3m_hed.yaml", "normal": "diode_normal.yaml", "sem": "ade_sem.yaml"}.get(family)
+    if yaml_name is None:
+        raise ResolveError("checkpoint has no config_dict and its modality cannot be told from its weights")
+    import yaml
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(root, "configs", yaml_name), encoding="utf-8") as f:
+        config = yaml.safe_load(f)
+    w = model_state.get("input_blocks.0.0.weight")
+    if w is not None and family in ("text", "text_image") and w.shape[1] == 9:
+        config["model"]["params"]["inpaint_mode"] = True
+        config["inpaint_mode"] = True
+    return config
