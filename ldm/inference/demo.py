@@ -24,18 +24,21 @@ CHECKPOINTS = {"gligen_text.pth": ("text", False), "gligen_text_image.pth": ("te
 def build_assets(cache: str = CACHE) -> str:
     """Write the tiny checkpoints, the tiny CLIP model and the stand-in images that are missing."""
     from ldm.inference.standins import write_standins
-    from ldm.tiny import write_tiny_checkpoint, write_tiny_clip_model
+    from ldm.tiny import write_tiny_checkpoint, write_tiny_clip_model, write_tiny_sd_checkpoint
 
     os.makedirs(cache, exist_ok=True)
     for name, (family, inpaint) in CHECKPOINTS.items():
         path = os.path.join(cache, name)
         if not os.path.isfile(path):
             write_tiny_checkpoint(path, family, inpaint=inpaint, seed=0)
+    sd_path = os.path.join(cache, "tiny_sd.ckpt")  # stands in for SD v1.4 (first conv at zero-gate steps)
+    if not os.path.isfile(sd_path):
+        write_tiny_sd_checkpoint(sd_path)
     clip_dir = os.path.join(cache, "tiny_clip")
     if not os.path.isfile(os.path.join(clip_dir, "config.json")):
         write_tiny_clip_model(clip_dir)
     write_standins(os.path.join(ROOT, "inference_images"))
-    return clip_dir
+    return clip_dir, sd_path
 
 
 def main(argv=None) -> int:
@@ -47,8 +50,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)  # tiny models: threads only add synchronisation stalls on a busy CPU
 
     t0 = time.time()
-    clip_dir = build_assets()
-    args = ["--layout", LAYOUT, "--clip", clip_dir, "--device", "cpu", "--folder",
+    clip_dir, sd_path = build_assets()
+    args = ["--layout", LAYOUT, "--clip", clip_dir, "--sd_first_conv", sd_path, "--device", "cpu", "--folder",
             os.path.join(ROOT, "generation_samples"), *(argv if argv is not None else sys.argv[1:])]
     rc = gligen_inference.main(args)
     if rc == 0:
