@@ -37,6 +37,7 @@ from torch.utils.data._utils.collate import default_collate
 
 from distributed import all_gather, broadcast_object, get_rank, get_world_size, reduce_loss_dict, synchronize
 from ldm.checkpoint import (CheckpointError, config_from_checkpoint, load_checkpoint_file, make_config_dict,
+                            official_text_encoder_state,
                             read_official_ckpt, save_checkpoint)
 from ldm.util import instantiate_from_config, to_plain
 
@@ -760,7 +761,7 @@ class Trainer:
     def checkpoint_dict(self, rng_states: list) -> dict:
         ckpt = {
             "model": self.unet.state_dict(),
-            "text_encoder": self.text_encoder.state_dict(),
+            "text_encoder": official_text_encoder_state(self.text_encoder.state_dict()),
             "autoencoder": self.autoencoder.state_dict(),
             "diffusion": self.diffusion.state_dict(),
             "opt": self.opt.state_dict(),

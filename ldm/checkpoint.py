@@ -160,6 +160,18 @@ def save_checkpoint(obj: dict, path: str | os.PathLike):
         raise
 
 
+def official_text_encoder_state(state_dict: dict, max_length: int = 77) -> dict:
+    """``FrozenCLIPEmbedder.state_dict()`` under the names official files use (transformers 4:
+    ``transformer.text_model.*`` plus the ``position_ids`` buffer), so checkpoints we write also load
+    into the original code. Our loader accepts both layouts."""
+    out = {}
+    for k, v in state_dict.items():
+        out[k.replace("transformer.", "transformer.text_model.", 1) if k.startswith("transformer.") and
+            not k.startswith("transformer.text_model.") else k] = v
+    out.setdefault("transformer.text_model.embeddings.position_ids", torch.arange(max_length)[None])
+    return out
+
+
 # -- configs -------------------------------------------------------------------------------
 def _config_dict_content(config_dict: Any) -> Any:
     if isinstance(config_dict, dict) and "_content" in config_dict:

@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from ldm.checkpoint import make_config_dict, save_checkpoint
+from ldm.checkpoint import make_config_dict, official_text_encoder_state, save_checkpoint
 from ldm.util import instantiate_from_config
 
 P = "ldm.modules.diffusionmodules."
@@ -92,7 +92,8 @@ def build_tiny(family: str = "text", inpaint: bool = False, seed: int = 0) -> di
 def write_tiny_checkpoint(path: str | os.PathLike, family: str = "text", inpaint: bool = False, seed: int = 0) -> str:
     """Write a tiny random GLIGEN checkpoint (official layout: model/autoencoder/text_encoder/diffusion/config_dict)."""
     parts = build_tiny(family, inpaint, seed)
-    ckpt = {k: parts[k].state_dict() for k in ("model", "autoencoder", "text_encoder", "diffusion")}
+    ckpt = {k: parts[k].state_dict() for k in ("model", "autoencoder", "diffusion")}
+    ckpt["text_encoder"] = official_text_encoder_state(parts["text_encoder"].state_dict())
     ckpt["config_dict"] = make_config_dict(parts["config"])
     save_checkpoint(ckpt, path)
     return os.fspath(path)
@@ -109,9 +110,8 @@ def write_tiny_sd_checkpoint(path: str | os.PathLike, family: str = "text", seed
         if k == "input_blocks.0.0.weight":
             v = v[:, :4].clone()
         state["model.diffusion_model." + k] = v
-    for k, v in parts["text_encoder"].state_dict().items():
-        state["cond_stage_model." + k.replace("transformer.", "transformer.text_model.", 1)] = v
-    state["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(77)[None]
+    for k, v in official_text_encoder_state(parts["text_encoder"].state_dict()).items():
+        state["cond_stage_model." + k] = v
     for k, v in parts["autoencoder"].state_dict().items():
         state["first_stage_model." + k] = v
     state.update(parts["diffusion"].state_dict())

@@ -81,13 +81,15 @@ def test_safetensors_round_trip_builds_same_model(tiny_ckpt, tmp_path):
     assert a.config == b.config
 
 
-def test_official_text_encoder_names_accepted(tiny_ckpt):
-    ckpt = load_checkpoint_file(tiny_ckpt)
-    te = {("transformer.text_model." + k[len("transformer."):]): v for k, v in ckpt["text_encoder"].items()}
-    te["transformer.text_model.embeddings.position_ids"] = torch.arange(77)[None]
-    ckpt["text_encoder"] = te
-    models = build_from_checkpoint(ckpt)  # strict load
-    assert "transformer.embeddings.token_embedding.weight" in models.text_encoder.state_dict()
+def test_both_text_encoder_layouts_load_strictly(tiny_ckpt):
+    ckpt = load_checkpoint_file(tiny_ckpt)  # official transformers-4 names + position_ids
+    assert "transformer.text_model.embeddings.position_ids" in ckpt["text_encoder"]
+    official = build_from_checkpoint(ckpt).text_encoder.state_dict()
+    assert "transformer.embeddings.token_embedding.weight" in official
+    ckpt["text_encoder"] = dict(official)  # transformers-5 names, no position_ids
+    models = build_from_checkpoint(ckpt)
+    for k, v in official.items():
+        assert torch.equal(models.text_encoder.state_dict()[k], v)
 
 
 def test_split_sd_checkpoint_routes_prefixes():
@@ -144,3 +146,9 @@ def test_sd_first_conv_offline_without_cache_is_clear(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE"):
         load_sd_first_conv()
+
+
+def test_written_checkpoints_use_official_text_encoder_names(tiny_ckpt):
+    te = load_checkpoint_file(tiny_ckpt)["text_encoder"]
+    assert "transformer.text_model.embeddings.position_ids" in te
+    assert all(k.startswith("transformer.text_model.") for k in te)
