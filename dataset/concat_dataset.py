@@ -1,13 +1,18 @@
-"""Concatenation of catalog datasets with per-dataset repeats (data.md §7)."""
+"""Concatenation of catalog (or user-defined) datasets with per-dataset repeats (data.md §7)."""
 from __future__ import annotations
 
 import importlib
+import os
 
 import torch
 
 from .catalog import DatasetCatalog
 
-__all__ = ["ConCatDataset", "import_target"]
+__all__ = ["ConCatDataset", "import_target", "resolve_entry"]
+
+# constructor kwargs of a user entry (one with its own ``target``) that are paths: a relative
+# string value is joined onto ROOT, as the catalog does for its entries
+PATH_KEY_SUFFIXES = ("_path", "_root", "_rootdir", "_dir")
 
 
 def import_target(path: str):
@@ -29,14 +34,49 @@ def _as_dict(params) -> dict:
     return dict(params)
 
 
+def _resolve_paths(params: dict, ROOT: str) -> dict:
+    """``params`` with relative string values of ``*_path`` / ``*_root`` / ``*_rootdir`` / ``*_dir``
+    keys joined onto ``ROOT`` (``~`` expanded; absolute paths unchanged)."""
+    out = dict(params)
+    for k, v in params.items():
+        if k.endswith(PATH_KEY_SUFFIXES) and isinstance(v, str):
+            out[k] = os.path.join(ROOT, os.path.expanduser(v))
+    return out
+
+
+def resolve_entry(name: str, yaml_params, catalog: DatasetCatalog, train: bool = True) -> tuple[str, dict]:
+    """One ``train_dataset_names`` entry -> ``(target "module.Class", constructor kwargs)``.
+
+    * ``{target: module.Class, params: {...}}`` (any name): a user dataset; path kwargs relative
+      to ``catalog.ROOT`` (see :data:`PATH_KEY_SUFFIXES`);
+    * otherwise ``name`` must be a catalog name and ``yaml_params`` (kwargs or None) override
+      the catalog's ``train_params`` (``val_params`` if not ``train``).
+    """
+    yaml_params = _as_dict(yaml_params)
+    if "target" in yaml_params:
+        extra = sorted(set(yaml_params) - {"target", "params"})
+        if extra:
+            raise ValueError(f"dataset {name!r}: an entry with 'target' takes only 'target' and 'params' "
+                             f"(constructor kwargs), got also {extra}")
+        return str(yaml_params["target"]), _resolve_paths(_as_dict(yaml_params.get("params")), catalog.ROOT)
+    spec = catalog.get(name)
+    key = "train_params" if train else "val_params"
+    if key not in spec:
+        raise KeyError(f"dataset {name!r} defines no {key}")
+    params = dict(spec[key])
+    params.update(yaml_params)
+    return spec["target"], params
+
+
 class ConCatDataset(torch.utils.data.Dataset):
     """Datasets named in ``dataset_name_list`` (YAML ``train_dataset_names``: mapping
     ``name -> kwargs or None`` in order, or a plain list of names), instantiated from
-    ``DatasetCatalog(ROOT)`` with the YAML kwargs overriding the catalog's.
+    ``DatasetCatalog(ROOT)`` with the YAML kwargs overriding the catalog's; an entry
+    ``name -> {target: module.Class, params: {...}}`` defines its own dataset (:func:`resolve_entry`).
 
     Dataset ``k`` occupies ``len(ds_k) * repeats[k]`` consecutive global indices (its local
     index restarts at 0 for each repeat). ``total_images()`` ignores repeats.
-    Raises ``KeyError`` listing the known names for an unknown dataset name.
+    Raises ``KeyError`` listing the known names for an unknown name without ``target``.
     """
 
     def __init__(self, dataset_name_list, ROOT, train=True, repeats=None):
@@ -54,21 +94,21 @@ class ConCatDataset(torch.utils.data.Dataset):
 
         catalog = DatasetCatalog(ROOT)
         known = catalog.names()
-        unknown = [name for name, _ in entries if name not in known]
+        unknown = [name for name, p in entries if name not in known and not (hasattr(p, "keys") and "target" in p)]
         if unknown:
-            raise KeyError(f"unknown dataset name(s) {unknown}; known datasets: {', '.join(known)}")
+            raise KeyError(f"unknown dataset name(s) {unknown}; known datasets: {', '.join(known)} "
+                           "(or give the entry its own 'target' and 'params')")
 
         self.datasets = []
         offsets, which = [], []
         total = 0
         for idx, (name, yaml_params) in enumerate(entries):
-            spec = catalog.get(name)
-            key = "train_params" if train else "val_params"
-            if key not in spec:
-                raise KeyError(f"dataset {name!r} defines no {key}")
-            params = dict(spec[key])
-            params.update(_as_dict(yaml_params))
-            ds = import_target(spec["target"])(**params)
+            target, params = resolve_entry(name, yaml_params, catalog, train)
+            try:
+                cls = import_target(target)
+            except (ImportError, AttributeError, ValueError) as e:
+                raise ValueError(f"dataset {name!r}: cannot import target {target!r} ({e})") from e
+            ds = cls(**params)
             self.datasets.append(ds)
             n = len(ds)
             for _ in range(int(repeats[idx])):

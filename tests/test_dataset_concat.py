@@ -56,3 +56,42 @@ def test_concat_errors(tmp_path):
         ConCatDataset({"FlickrGrounding": None}, str(tmp_path), repeats=[1, 2])
     with pytest.raises(FileNotFoundError, match="flickr30k"):
         ConCatDataset({"FlickrGrounding": None}, str(tmp_path))
+
+
+def test_concat_user_dataset_with_target(tmp_path):
+    """Entries carrying their own ``target`` (+ ``params``) need no catalog name; relative path
+    kwargs are joined onto DATA_ROOT, absolute ones kept; catalog names still work beside them."""
+    from omegaconf import OmegaConf
+
+    simple_box_tsv(str(tmp_path / "my/train-00.tsv"), n=2, caption="mine")
+    simple_box_tsv(str(tmp_path / "GROUNDING/flickr30k/tsv/train-00.tsv"), n=3, caption="flickr")
+    other = simple_box_tsv(str(tmp_path / "elsewhere/other.tsv"), n=1, caption="abs")
+    kw = dict(image_size=16, max_boxes_per_data=2, projection_matrix=projection(), embedding_len=D_TEXT)
+    conf = OmegaConf.create({
+        "MyBoxes": {"target": "dataset.tsv_dataset.TSVDataset",
+                    "params": {"tsv_path": "my/train-00.tsv", "image_size": 16, "max_boxes_per_data": 2,
+                               "embedding_len": D_PROJ, "which_layer_image": "after", "which_layer_text": "after"}},
+        "Abs": {"target": "dataset.tsv_dataset.TSVDataset",
+                "params": {"tsv_path": other, "image_size": 16, "max_boxes_per_data": 2, "embedding_len": D_PROJ,
+                           "which_layer_image": "after", "which_layer_text": "after"}},
+    })
+    ds = ConCatDataset(conf, str(tmp_path), repeats=[1, 2])
+    assert len(ds) == 2 + 2 and [ds[i]["caption"] for i in range(4)] == ["mine 0", "mine 1", "abs 0", "abs 0"]
+    assert ds.datasets[0].tsv_path == str(tmp_path / "my/train-00.tsv")
+    # mixed with a catalog name (plain dicts), in YAML order
+    mine = {"target": "dataset.tsv_dataset.TSVDataset", "params": {"tsv_path": "my/train-00.tsv", **kw}}
+    ds = ConCatDataset({"FlickrGrounding": kw, "MyBoxes": mine}, str(tmp_path))
+    assert len(ds) == 5 and ds[0]["caption"] == "flickr 0" and ds[4]["caption"] == "mine 1"
+    # a catalog name may be redefined by its own target
+    assert len(ConCatDataset({"FlickrGrounding": mine}, str(tmp_path))) == 2
+    # errors: a missing file names the resolved path; stray keys; unimportable target; unknown name still a KeyError
+    with pytest.raises(FileNotFoundError, match="nope"):
+        ConCatDataset({"X": {"target": "dataset.tsv_dataset.TSVDataset", "params": {"tsv_path": "nope.tsv", **kw}}},
+                      str(tmp_path))
+    with pytest.raises(ValueError, match="tsv_path"):
+        ConCatDataset({"X": {"target": "dataset.tsv_dataset.TSVDataset", "tsv_path": "my/train-00.tsv"}},
+                      str(tmp_path))
+    with pytest.raises(ValueError, match="NoSuchClass"):
+        ConCatDataset({"X": {"target": "dataset.tsv_dataset.NoSuchClass"}}, str(tmp_path))
+    with pytest.raises(KeyError, match="FlickrGrounding"):
+        ConCatDataset({"MyBoxes": {"tsv_path": "my/train-00.tsv"}}, str(tmp_path))
