@@ -356,3 +356,42 @@ def test_samplers_reproduce_golden_latents(fixture, monkeypatch):
         err = float((got - ref).abs().max())
         assert err <= tol["atol"] + tol["rtol"] * float(ref.abs().max()), (kind, err)
         assert err < 1e-3, (kind, err)  # far inside the tolerance: same RNG order, batched CFG ~ two passes
+
+
+def test_grounding_tokens_computed_once_per_run():
+    """position_net runs once per sampling run (tokens do not depend on x, t or the gate scale),
+    and the result equals recomputing them at every step."""
+    from ldm.checkpoint import build_from_checkpoint
+    from ldm.models.diffusion.plms import PLMSSampler
+    import functools
+    import tempfile
+
+    from ldm.models.diffusion.sampling import alpha_generator, guided_eps, set_alpha_scale
+    from ldm.tiny import write_tiny_checkpoint
+
+    with tempfile.TemporaryDirectory() as d:
+        m = build_from_checkpoint(write_tiny_checkpoint(f"{d}/t.pth", "text"))
+    B = 2
+    batch = dict(boxes=torch.rand(B, 30, 4), masks=torch.ones(B, 30), text_embeddings=torch.randn(B, 30, 24))
+    gi = m.grounding_tokenizer_input.prepare(batch)
+    calls = []
+    handle = m.model.position_net.register_forward_hook(lambda *a: calls.append(1))
+    ctx, uc = torch.randn(B, 77, 16), torch.randn(B, 77, 16)
+
+    def run(cache):
+        sampler = PLMSSampler(m.diffusion, m.model, alpha_generator_func=functools.partial(alpha_generator, type=[0.5, 0, 0.5]),
+                              set_alpha_scale=set_alpha_scale, progress=False)
+        if not cache:  # the uncached path: tokens recomputed at every UNet call
+            sampler.eps = lambda inp, u, s: guided_eps(m.model, inp, u, s)
+        inp = dict(x=torch.randn(B, 4, 8, 8, generator=torch.Generator().manual_seed(0)), timesteps=None, context=ctx,
+                   grounding_input=gi, inpainting_extra_input=None, grounding_extra_input=None)
+        torch.manual_seed(0)
+        return sampler.sample(S=4, shape=(B, 4, 8, 8), input=inp, uc=uc, guidance_scale=7.5)
+
+    cached = run(True)
+    assert len(calls) == 1
+    calls.clear()
+    per_step = run(False)
+    handle.remove()
+    assert len(calls) == 5  # 4 steps + PLMS's extra first-step evaluation
+    torch.testing.assert_close(cached, per_step)

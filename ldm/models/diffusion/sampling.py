@@ -176,8 +176,28 @@ def _null_grounding_fn(model) -> Callable[[], Mapping] | None:
     return gti.get_null_input
 
 
+def with_cached_tokens(model, model_input: dict, cache: dict | None, key: str) -> dict:
+    """``model_input`` plus ``grounding_tokens`` computed once per sampling run.
+
+    Grounding tokens depend only on the grounding input (not on x, t or the gate scale), so the
+    ``position_net`` runs once per branch and run instead of once per step. ``cache`` is None, or
+    the model in training mode (per-call grounding dropout), keeps the per-call computation.
+    """
+    if cache is None or getattr(model, "training", False) or not hasattr(model, "position_net"):
+        return model_input
+    if key not in cache:
+        g = model_input.get("grounding_input")
+        if g is None:
+            null_fn = _null_grounding_fn(model)
+            if null_fn is None:
+                return model_input
+            g = null_fn()
+        cache[key] = model.position_net(**g)
+    return {**model_input, "grounding_tokens": cache[key]}
+
+
 def guided_eps(model, input: dict, uc: torch.Tensor | None = None, guidance_scale: float = 1.0,
-               batched: bool = True) -> torch.Tensor:
+               batched: bool = True, token_cache: dict | None = None) -> torch.Tensor:
     """Classifier-free-guided noise prediction ``e_u + s * (e_c - e_u)``.
 
     Args:
@@ -190,6 +210,8 @@ def guided_eps(model, input: dict, uc: torch.Tensor | None = None, guidance_scal
         batched: run both branches as ONE UNet call of batch 2B (cond first, then uncond whose
             grounding tokens are ``model.grounding_tokenizer_input.get_null_input()``).
             Falls back to two passes when the null input is unavailable.
+        token_cache: a dict kept for one sampling run; grounding tokens are computed once and
+            reused (see :func:`with_cached_tokens`). None recomputes them every call.
 
     Returns:
         (B, C, H, W) guided eps in the dtype of ``input["x"]`` (the UNet runs in its parameter
@@ -201,7 +223,7 @@ def guided_eps(model, input: dict, uc: torch.Tensor | None = None, guidance_scal
     cond = {k: v for k, v in input.items() if not (k == "grounding_input" and v is None)}
     cond["x"] = cast(x)
     if uc is None or guidance_scale == 1:
-        return model(cond).to(x.dtype)
+        return model(with_cached_tokens(model, cond, token_cache, "cond")).to(x.dtype)
 
     extras = ("inpainting_extra_input", "grounding_extra_input")
     null_fn = _null_grounding_fn(model) if batched else None
@@ -216,12 +238,12 @@ def guided_eps(model, input: dict, uc: torch.Tensor | None = None, guidance_scal
         for k in extras:
             v = input.get(k)
             both[k] = None if v is None else torch.cat([v, v])
-        e_c, e_u = model(both).to(x.dtype).chunk(2)
+        e_c, e_u = model(with_cached_tokens(model, both, token_cache, "both")).to(x.dtype).chunk(2)
     else:
-        e_c = model(cond).to(x.dtype)
+        e_c = model(with_cached_tokens(model, cond, token_cache, "cond")).to(x.dtype)
         unc = dict(x=cond["x"], timesteps=input["timesteps"], context=uc,
                    **{k: input.get(k) for k in extras})
-        e_u = model(unc).to(x.dtype)
+        e_u = model(with_cached_tokens(model, unc, token_cache, "uncond")).to(x.dtype)
     return e_u + guidance_scale * (e_c - e_u)
 
 
@@ -308,6 +330,7 @@ class BaseSampler:
         self.progress = progress
         self.batched_cfg = batched_cfg
         self.schedule: Schedule | None = None
+        self._token_cache: dict | None = None  # grounding tokens of the current run
 
     def make_schedule(self, ddim_num_steps: int, ddim_eta: float = 0.0) -> Schedule:
         ac = self.diffusion.alphas_cumprod
@@ -319,7 +342,7 @@ class BaseSampler:
     # -- helpers used by the loops -------------------------------------------------------
     def eps(self, input: dict, uc, guidance_scale) -> torch.Tensor:
         """Guided eps of ``input`` (see :func:`guided_eps`)."""
-        return guided_eps(self.model, input, uc, guidance_scale, batched=self.batched_cfg)
+        return guided_eps(self.model, input, uc, guidance_scale, batched=self.batched_cfg, token_cache=self._token_cache)
 
     def _alphas(self, n: int):
         if self.alpha_generator_func is None:
@@ -357,7 +380,11 @@ class BaseSampler:
             input["x"] = torch.randn(tuple(shape), device=self.device)
         time_range = schedule.time_range
         alphas = self._alphas(len(time_range))
-        return self._loop(input, schedule, time_range, alphas, uc, guidance_scale, mask, x0)
+        self._token_cache = {}
+        try:
+            return self._loop(input, schedule, time_range, alphas, uc, guidance_scale, mask, x0)
+        finally:
+            self._token_cache = None
 
     def _step_prologue(self, i: int, alphas, input: dict, step: int, mask, x0) -> torch.Tensor:
         """Gate handling, then (inpainting) known-region replacement. Returns ``ts`` (B,)."""
