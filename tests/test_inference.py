@@ -23,15 +23,6 @@ CKPTS = {"text": ("text", False), "text_image": ("text_image", False), "keypoint
          "sem": ("sem", False), "inpaint_text": ("text", True), "inpaint_text_image": ("text_image", True)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads; one thread avoids stalls on a busy machine."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

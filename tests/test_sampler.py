@@ -19,12 +19,6 @@ from ldm.models.diffusion.sampling import (alpha_generator, guided_eps, make_ddi
 B, N, D = 2, 5, 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ----------------------------------------------------------------------------- stand-ins
