@@ -38,5 +38,16 @@ class AutoencoderKL(nn.Module):
         return z * self.scale_factor
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, slice_size: int | None = None) -> torch.Tensor:
+        """Latents (B, embed_dim, r, r) -> images (B, 3, R, R).
+
+        ``slice_size``: decode at most this many latents at a time (bounds peak memory for large
+        batches; each image is decoded independently, so the result is the same up to float
+        rounding). ``None`` (default) decodes the whole batch at once.
+        """
+        if slice_size is not None:
+            if slice_size < 1:
+                raise ValueError(f"slice_size must be a positive int or None, got {slice_size}")
+            if z.shape[0] > slice_size:
+                return torch.cat([self.decode(part) for part in z.split(slice_size)])
         return self.decoder(self.post_quant_conv(z / self.scale_factor))

@@ -3,6 +3,12 @@
 One attention module (:class:`Attention`, backed by ``scaled_dot_product_attention``) serves
 self-, cross- and gated attention; ``CrossAttention`` / ``SelfAttention`` keep the original
 constructors and state-dict names (``to_q``, ``to_k``, ``to_v``, ``to_out.0``).
+
+Inference fast path: when autograd is off (``torch.no_grad`` / ``torch.inference_mode``) residual
+additions, the GEGLU product and the gates are done in place on freshly computed branch outputs.
+The arithmetic is the same (same operands, same order, elementwise), so the numbers are equal;
+it only saves allocations (fewer page faults on CPU, lower peak memory). With autograd on, the
+plain out-of-place expressions are used.
 """
 from __future__ import annotations
 
@@ -13,6 +19,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from .diffusionmodules.util import checkpoint, zero_module
+
+
+def _inplace_ok() -> bool:
+    """True when no autograd graph is recorded, so fresh intermediates may be overwritten."""
+    return not torch.is_grad_enabled()
+
+
+def residual_add(branch: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``branch + x``; in place into ``branch`` (a fresh tensor owned by the caller) without autograd."""
+    if _inplace_ok() and branch.shape == x.shape and branch.dtype == x.dtype:
+        return branch.add_(x)
+    return branch + x
+
+
+def gated_add(x: torch.Tensor, gate: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+    """``x + gate * branch`` (gate: 0-dim tensor); in place into ``branch`` without autograd."""
+    if _inplace_ok() and branch.shape == x.shape and branch.dtype == x.dtype:
+        return branch.mul_(gate).add_(x)
+    return x + gate * branch
 
 
 class Attention(nn.Module):
@@ -59,6 +84,11 @@ class GEGLU(nn.Module):
 
     def forward(self, x):
         a, gate = self.proj(x).chunk(2, dim=-1)
+        if _inplace_ok():
+            # in place in the projection's own buffer: no (B, N, 2*dim_out) temporaries; the
+            # result is a strided view that the next Linear reads directly
+            torch.ops.aten.gelu_(gate)
+            return a.mul_(gate)
         return a * F.gelu(gate)
 
 
@@ -76,7 +106,14 @@ class FeedForward(nn.Module):
 class _GatedFuser(nn.Module):
     """Shared gate logic: ``x + scale * tanh(alpha) * branch``; ``scale`` is set per sampling step.
 
-    With ``scale == 0`` the layer is the identity, so it is skipped (exactly equal result).
+    ``scale`` behaves as the original's plain attribute (``module.scale = 0.3``; reads give the
+    Python float) but is *held* in a non-persistent 0-dim buffer ``gate_scale`` updated in place,
+    so a ``torch.compile``-d model sees a tensor input and does not recompile when the value
+    changes. ``state_dict()`` is unchanged (non-persistent buffers are not saved).
+
+    With ``scale == 0`` the layer is the identity and is skipped (exactly equal result, no work).
+    The skip decision reads the Python bool ``gate_on`` (mirror of ``scale != 0``): under
+    ``torch.compile`` that costs one extra graph for the "gates off" case, never one per value.
     """
 
     def __init__(self, query_dim: int):
@@ -86,10 +123,32 @@ class _GatedFuser(nn.Module):
         self.norm2 = nn.LayerNorm(query_dim)
         self.register_parameter("alpha_attn", nn.Parameter(torch.tensor(0.0)))
         self.register_parameter("alpha_dense", nn.Parameter(torch.tensor(0.0)))
+        self.register_buffer("gate_scale", torch.tensor(1.0), persistent=False)
         self.scale = 1.0
 
+    @property
+    def scale(self) -> float:
+        return self._scale
+
+    @scale.setter
+    def scale(self, value) -> None:
+        value = float(value)
+        self.__dict__["_scale"] = value
+        self.__dict__["gate_on"] = value != 0
+        buf = self.gate_scale
+        if buf.is_inference() and not torch.is_inference_mode_enabled():
+            with torch.inference_mode():  # the model was built under inference_mode
+                buf.fill_(value)
+        else:
+            with torch.no_grad():
+                buf.fill_(value)
+
+    def gate(self, alpha: torch.Tensor) -> torch.Tensor:
+        """``scale * tanh(alpha)`` as a 0-dim tensor."""
+        return self.gate_scale * torch.tanh(alpha)
+
     def gated_ff(self, x):
-        return x + self.scale * torch.tanh(self.alpha_dense) * self.ff(self.norm2(x))
+        return gated_add(x, self.gate(self.alpha_dense), self.ff(self.norm2(x)))
 
 
 class GatedSelfAttentionDense(_GatedFuser):
@@ -105,11 +164,13 @@ class GatedSelfAttentionDense(_GatedFuser):
         self.attn = SelfAttention(query_dim, heads=n_heads, dim_head=d_head)
 
     def forward(self, x, objs):
-        if self.scale == 0:
+        if not self.gate_on:
             return x
-        n_visual = x.shape[1]
-        h = self.norm1(torch.cat([x, self.linear(objs)], dim=1))
-        x = x + self.scale * torch.tanh(self.alpha_attn) * self.attn(h[:, :n_visual], h)
+        # LayerNorm is per token, so norm1(cat([x, g])) == cat([norm1(x), norm1(g)]) exactly;
+        # normalising the parts keeps the visual queries contiguous.
+        hx = self.norm1(x)
+        h = torch.cat([hx, self.norm1(self.linear(objs))], dim=1)
+        x = gated_add(x, self.gate(self.alpha_attn), self.attn(hx, h))
         return self.gated_ff(x)
 
 
@@ -118,7 +179,7 @@ class GatedSelfAttentionDense2(GatedSelfAttentionDense):
     bicubically resized to the visual grid, form the residual. Needs square N_v and N_g."""
 
     def forward(self, x, objs):
-        if self.scale == 0:
+        if not self.gate_on:
             return x
         B, n_visual, C = x.shape
         n_ground = objs.shape[1]
@@ -129,7 +190,7 @@ class GatedSelfAttentionDense2(GatedSelfAttentionDense):
         g = self.attn(h[:, n_visual:], h)  # (B, N_g, C)
         g = g.transpose(1, 2).reshape(B, C, size_g, size_g)
         g = F.interpolate(g, size=(size_v, size_v), mode="bicubic").reshape(B, C, n_visual).transpose(1, 2)
-        x = x + self.scale * torch.tanh(self.alpha_attn) * g
+        x = gated_add(x, self.gate(self.alpha_attn), g)
         return self.gated_ff(x)
 
 
@@ -141,9 +202,9 @@ class GatedCrossAttentionDense(_GatedFuser):
         self.attn = CrossAttention(query_dim, key_dim, value_dim, heads=n_heads, dim_head=d_head)
 
     def forward(self, x, objs):
-        if self.scale == 0:
+        if not self.gate_on:
             return x
-        x = x + self.scale * torch.tanh(self.alpha_attn) * self.attn(self.norm1(x), objs, objs)
+        x = gated_add(x, self.gate(self.alpha_attn), self.attn(self.norm1(x), objs, objs))
         return self.gated_ff(x)
 
 
@@ -173,10 +234,17 @@ class BasicTransformerBlock(nn.Module):
         return checkpoint(self._forward, x, context, objs, enabled=self.use_checkpoint and self.training)
 
     def _forward(self, x, context, objs):
-        x = self.attn1(self.norm1(x)) + x
+        x = residual_add(self.attn1(self.norm1(x)), x)
         x = self.fuser(x, objs)
-        x = self.attn2(self.norm2(x), context, context) + x
-        return self.ff(self.norm3(x)) + x
+        x = residual_add(self.attn2(self.norm2(x), context, context), x)
+        return residual_add(self.ff(self.norm3(x)), x)
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    """``torch.channels_last`` if the 4-D tensor ``x`` is laid out channels-last, else contiguous."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 class SpatialTransformer(nn.Module):
@@ -199,5 +267,8 @@ class SpatialTransformer(nn.Module):
         x = x.flatten(2).transpose(1, 2)  # (B, H*W, C), row-major
         for block in self.transformer_blocks:
             x = block(x, context, objs)
-        x = x.transpose(1, 2).reshape(B, -1, H, W)
-        return self.proj_out(x) + x_in
+        # (B, H*W, C) -> (B, C, H, W): the plain reshape is a channels-last *view*; keep the layout
+        # of the block's input (a stray channels-last activation makes every later conv of a
+        # contiguous model re-order its weights on each call, and vice versa).
+        x = x.transpose(1, 2).reshape(B, -1, H, W).contiguous(memory_format=_memory_format(x_in))
+        return residual_add(self.proj_out(x), x_in)

@@ -31,9 +31,15 @@ class ResnetBlock(nn.Module):
             self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x):
-        h = self.conv1(nonlinearity(self.norm1(x)))
-        h = self.conv2(self.dropout(nonlinearity(self.norm2(h))))
-        return (self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x) + h
+        if torch.is_grad_enabled():
+            h = self.conv1(nonlinearity(self.norm1(x)))
+            h = self.conv2(self.dropout(nonlinearity(self.norm2(h))))
+            return (self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x) + h
+        # no autograd: the same operations with SiLU and the residual addition in place
+        h = self.conv1(F.silu(self.norm1(x), inplace=True))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=True)))
+        h += self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x
+        return h
 
 
 class AttnBlock(nn.Module):
@@ -55,7 +61,11 @@ class AttnBlock(nn.Module):
             return t.reshape(B, 1, C, H * W).transpose(2, 3)
 
         out = F.scaled_dot_product_attention(tokens(self.q(h)), tokens(self.k(h)), tokens(self.v(h)))
-        return x + self.proj_out(out.transpose(2, 3).reshape(B, C, H, W))
+        out = self.proj_out(out.transpose(2, 3).reshape(B, C, H, W))
+        if torch.is_grad_enabled():
+            return x + out
+        out += x
+        return out
 
 
 class Downsample(nn.Module):

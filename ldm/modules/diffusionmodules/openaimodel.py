@@ -13,13 +13,37 @@ from torch import nn
 from ldm.modules.attention import SpatialTransformer
 from ldm.util import instantiate_from_config
 
-from .util import checkpoint, normalization, timestep_embedding, zero_module
+from .util import checkpoint, conv2d, normalization, timestep_embedding, zero_module
 
 SD_FIRST_CONV_FILE = "SD_input_conv_weight_bias.pth"
 
 
+_COORDINATE_KEYS = ("boxes", "points")
+
+
+def _cast(t, dtype):
+    """``t`` in ``dtype`` if it is a floating-point tensor of another dtype; anything else unchanged."""
+    if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != dtype:
+        return t.to(dtype)
+    return t
+
+
+def _param_dtype(module: nn.Module) -> torch.dtype | None:
+    p = next(module.parameters(), None)
+    return None if p is None else p.dtype
+
+
 class TimestepBlock(nn.Module):
     """A module whose forward takes the timestep embedding as a second argument."""
+
+
+def _route(layer, x, emb, context, objs):
+    """Call one child of a :class:`TimestepEmbedSequential` with the arguments its kind takes."""
+    if isinstance(layer, TimestepBlock):
+        return layer(x, emb)
+    if isinstance(layer, SpatialTransformer):
+        return layer(x, context, objs)
+    return layer(x)
 
 
 class TimestepEmbedSequential(nn.Sequential):
@@ -27,12 +51,7 @@ class TimestepEmbedSequential(nn.Sequential):
 
     def forward(self, x, emb, context, objs):
         for layer in self:
-            if isinstance(layer, TimestepBlock):
-                x = layer(x, emb)
-            elif isinstance(layer, SpatialTransformer):
-                x = layer(x, context, objs)
-            else:
-                x = layer(x)
+            x = _route(layer, x, emb, context, objs)
         return x
 
 
@@ -47,7 +66,7 @@ class Upsample(nn.Module):
 
     def forward(self, x):
         x = F.interpolate(x, scale_factor=2, mode="nearest")
-        return self.conv(x) if self.use_conv else x
+        return conv2d(self.conv, x) if self.use_conv else x
 
 
 class Downsample(nn.Module):
@@ -59,7 +78,7 @@ class Downsample(nn.Module):
             else nn.AvgPool2d(2, 2)
 
     def forward(self, x):
-        return self.op(x)
+        return conv2d(self.op, x) if isinstance(self.op, nn.Conv2d) else self.op(x)
 
 
 class ResBlock(TimestepBlock):
@@ -85,9 +104,19 @@ class ResBlock(TimestepBlock):
         return checkpoint(self._forward, x, emb, enabled=self.use_checkpoint and self.training)
 
     def _forward(self, x, emb):
-        h = self.in_layers(x)
-        h = h + self.emb_layers(emb).type(h.dtype)[..., None, None]
-        return self.skip_connection(x) + self.out_layers(h)
+        if torch.is_grad_enabled():
+            h = self.in_layers(x)
+            h = h + self.emb_layers(emb).type(h.dtype)[..., None, None]
+            return self.skip_connection(x) + self.out_layers(h)
+        # no autograd: same operations, SiLU and the additions in place (fewer allocations)
+        norm, _, conv = self.in_layers
+        h = conv2d(conv, F.silu(norm(x), inplace=True))
+        h += self.emb_layers(emb).type(h.dtype)[..., None, None]
+        norm, _, drop, conv = self.out_layers
+        h = conv2d(conv, drop(F.silu(norm(h), inplace=True)))
+        skip = self.skip_connection
+        h += conv2d(skip, x) if isinstance(skip, nn.Conv2d) else skip(x)
+        return h
 
 
 class UNetModel(nn.Module):
@@ -201,28 +230,49 @@ class UNetModel(nn.Module):
             kwargs = adapter.get_null_input()
         if self.training and random.random() < 0.1 and adapter is not None and adapter.set:
             kwargs = adapter.get_null_input()
+        dtype = _param_dtype(self.position_net)
+        if dtype is not None:
+            # float inputs follow the tokenizer's dtype; box / point coordinates stay as given
+            # (their Fourier features are computed in float32, then cast by the tokenizer)
+            kwargs = {k: v if k in _COORDINATE_KEYS else _cast(v, dtype) for k, v in kwargs.items()}
         return self.position_net(**kwargs)
 
-    def forward(self, input: dict) -> torch.Tensor:
-        objs = self.grounding_tokens(input)
-        emb = self.time_embed(timestep_embedding(input["timesteps"], self.model_channels).to(input["x"].dtype))
-        context = input["context"]
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the UNet computes in (that of its parameters)."""
+        return self.time_embed[0].weight.dtype
 
-        h = input["x"]
+    def forward(self, input: dict) -> torch.Tensor:
+        """See the class docstring. Inputs are cast to the parameters' dtype (fp16/bf16 models
+        accept float32 latents, contexts and grounding inputs); the result has that dtype.
+        ``input["grounding_tokens"]`` (B, N, context_dim), when given, replaces ``position_net``."""
+        dtype = self.dtype
+        objs = _cast(self.grounding_tokens(input), dtype)
+        emb = self.time_embed(timestep_embedding(input["timesteps"], self.model_channels).to(dtype))
+        context = _cast(input["context"], dtype)
+
+        h = _cast(input["x"], dtype)
         if self.downsample_net is not None and self.first_conv_type == "GLIGEN":
-            h = torch.cat([h, self.downsample_net(input["grounding_extra_input"])], dim=1)
+            h = torch.cat([h, _cast(self.downsample_net(_cast(input["grounding_extra_input"], dtype)), dtype)], dim=1)
         if self.inpaint_mode:
             if self.downsample_net is not None:
                 raise NotImplementedError("inpainting with a spatial-map downsampler is not supported (as in the original)")
-            h = torch.cat([h, input["inpainting_extra_input"]], dim=1)
+            h = torch.cat([h, _cast(input["inpainting_extra_input"], dtype)], dim=1)
 
+        # Blocks are unrolled here (same calls as TimestepEmbedSequential.forward) so that each
+        # intermediate, e.g. an output block's concatenated input, is released as soon as the
+        # next layer has consumed it: lower peak memory, identical numbers.
         skips = []
         for block in self.input_blocks:
-            h = block(h, emb, context, objs)
+            for layer in block:
+                h = _route(layer, h, emb, context, objs)
             skips.append(h)
-        h = self.middle_block(h, emb, context, objs)
+        for layer in self.middle_block:
+            h = _route(layer, h, emb, context, objs)
         for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb, context, objs)
+            h = torch.cat([h, skips.pop()], dim=1)
+            for layer in block:
+                h = _route(layer, h, emb, context, objs)
         return self.out(h)
 
     # -- first-conv swap used by scheduled sampling ---------------------------------------
