@@ -208,8 +208,6 @@ def test_sd_first_conv_option(tiny, tmp_path, recwarn):
     assert not [w for w in recwarn if "first-conv" in str(w.message)]
 
 
-@pytest.mark.xfail(reason="core: GroupNorm32 runs float32 input against bf16 weights (CPU rejects mixed dtype)",
-                   raises=RuntimeError, strict=False)
 def test_bf16(tiny, tmp_path):
     entry = {**entries(tiny)["text"], "ckpt": tiny["text"], "seed": 1, "save_folder_name": "b"}
     rc, out = run_cli(tiny, tmp_path, entry, "--dtype", "bf16", "--batch_size", "1")

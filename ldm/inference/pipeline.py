@@ -235,7 +235,9 @@ class Runner:
         batch = prepare_batch(gen, mode, B, models.image_resolution, dim=dim,
                               features=self.features() if needs_clip else None,
                               max_persons=getattr(model.position_net, "max_persons_per_image", 8))
-        batch = {k: v.to(dev, dt if v.is_floating_point() else None) for k, v in batch.items()}
+        # coordinates stay float32 (Fourier features of boxes / points are computed in float32)
+        batch = {k: v.to(dev, dt if v.is_floating_point() and k not in ("boxes", "points") else None)
+                 for k, v in batch.items()}
 
         context = models.text_encoder.encode([gen.prompt] * B).to(dt)
         negative = gen.negative_prompt if gen.negative_prompt is not None else s.negative_prompt

@@ -192,7 +192,8 @@ def with_cached_tokens(model, model_input: dict, cache: dict | None, key: str) -
             if null_fn is None:
                 return model_input
             g = null_fn()
-        cache[key] = model.position_net(**g)
+        cache[key] = model.grounding_tokens({"grounding_input": g}) if hasattr(model, "grounding_tokens") \
+            else model.position_net(**g)
     return {**model_input, "grounding_tokens": cache[key]}
 
 
