@@ -36,6 +36,10 @@ train-demo: $(STAMP)
 	  --layout .cache/train_demo/layout.json --clip .cache/train_demo/tiny_clip --device cpu --steps 10 \
 	  --batch_size 2 --folder .cache/train_demo/generation --no-progress
 
+# speed / memory of our UNet vs diffusers' gated UNet, CPU fp32 256x256 (~10 min; see bench/RESULTS.md)
+bench: $(STAMP)
+	$(PY) bench/bench_unet.py --device cpu --dtype fp32 --resolution 256
+
 parity: $(STAMP)
 	$(PY) ../shared/reference/check_parity.py --project . --golden ../shared/reference/golden
 
