@@ -42,6 +42,7 @@ from ldm.training.state import (ConfigMismatchError, atomic_link_or_copy, captur
                                 disable_grads, is_trainable_name, load_strict, make_ema, preserved_rng, resolve_device,
                                 restore_rng_state, resume_position, seed_everything, select_trainable_parameters,
                                 update_ema)
+from ldm.devices import DTYPES
 from ldm.util import instantiate_from_config, to_plain
 
 __all__ = [
@@ -51,7 +52,7 @@ __all__ = [
     "capture_rng_state", "restore_rng_state", "SeededSamples", "ResumableDistributedSampler", "InfiniteLoader",
 ]
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS = DTYPES
 
 
 # ================================================================================= trainer

@@ -47,7 +47,7 @@ if ROOT not in sys.path:
 
 import torch  # noqa: E402
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from ldm.devices import DTYPES  # noqa: E402
 MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": "4000000000", "MALLOC_MMAP_THRESHOLD_": "4000000000"}
 N_TOKENS = 30
 

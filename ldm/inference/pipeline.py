@@ -20,6 +20,7 @@ import torch
 
 from .batch import boxes_tensor, inpainting_image, open_image, prepare_batch
 from ldm.checkpoint import CheckpointError, load_sd_first_conv
+from ldm.devices import DTYPES, resolve_device
 
 from .checkpoints import RELEASED_MODES, resolve_checkpoint
 from .errors import LayoutError, ResolveError
@@ -30,7 +31,6 @@ from .saving import next_index, save_png, to_uint8, write_json
 DEFAULT_NEGATIVE_PROMPT = ("longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, "
                            "cropped, worst quality, low quality")
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SAMPLERS = ("plms", "ddim")
 
@@ -115,17 +115,10 @@ class Settings:
 
 def pick_device(name: str) -> torch.device:
     """``auto`` -> cuda, then mps, then cpu; an explicit device must be available."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ResolveError("--device cuda requested but CUDA is not available")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-        raise ResolveError("--device mps requested but MPS is not available")
-    return torch.device(name)
+    try:
+        return resolve_device(name)
+    except ValueError as e:
+        raise ResolveError(str(e)) from None
 
 
 @dataclass

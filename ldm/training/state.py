@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ldm.checkpoint import CheckpointError, config_from_checkpoint
+from ldm.devices import resolve_device  # noqa: F401  (re-exported for trainer)
 from ldm.util import to_plain
 
 __all__ = [
@@ -32,28 +33,6 @@ class ConfigMismatchError(CheckpointError):
 
 
 # ------------------------------------------------------------------------------ device / RNG
-def _mps_available() -> bool:
-    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-
-
-def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` -> cuda:LOCAL_RANK if available, else mps, else cpu. Raises if the named one is unavailable."""
-    name = (name or "auto").lower()
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda requested but CUDA is not available")
-        return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
-    if name == "mps":
-        if not _mps_available():
-            raise ValueError("--device mps requested but MPS is not available")
-        return torch.device("mps")
-    if name == "cpu":
-        return torch.device("cpu")
-    raise ValueError(f"--device must be auto, cpu, cuda or mps, got {name!r}")
-
-
 def seed_everything(seed: int) -> None:
     """Seed Python ``random``, NumPy and torch (all devices)."""
     random.seed(seed)

@@ -7,6 +7,8 @@ from functools import lru_cache
 import torch
 from torch import nn
 
+from ldm.devices import device_available
+
 OPENAI_CLIP_L14 = "openai/clip-vit-large-patch14"
 
 # CLIP ViT-L/14 text tower, so the architecture can be built without any download: official
@@ -75,7 +77,7 @@ class FrozenCLIPEmbedder(AbstractEncoder):
             self.transformer = CLIPTextModel(_text_config(version))
         self.register_load_state_dict_pre_hook(_accept_official_text_encoder_keys)
         self.freeze()
-        if device and device != "cpu" and _device_available(device):
+        if device and device != "cpu" and device_available(device):
             self.to(device)
 
     def freeze(self):
@@ -115,12 +117,3 @@ def _accept_official_text_encoder_keys(module, state_dict, prefix, local_metadat
     for key in [k for k in state_dict if k.startswith(old)]:
         state_dict[new + key[len(old):]] = state_dict.pop(key)
     state_dict.pop(prefix + "transformer.embeddings.position_ids", None)
-
-
-def _device_available(device: str) -> bool:
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return torch.cuda.is_available()
-    if dev.type == "mps":
-        return torch.backends.mps.is_available()
-    return True
