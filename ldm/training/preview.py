@@ -1,7 +1,8 @@
-"""Training previews (training.md §2.11): PLMS samples of a fixed batch, written with the real
-images (boxes drawn) and the captions into the run folder."""
+"""Training previews: PLMS samples (guidance 5, as the original's ``save_ckpt_and_result``) of a
+fixed batch, written with the real images (boxes drawn) and the captions into the run folder."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -10,13 +11,14 @@ from torch.utils.data._utils.collate import default_collate
 
 from .data import batch_to_device, sample_seed
 
-__all__ = ["ImageCaptionSaver", "check_preview_steps", "fixed_preview_batch", "real_images", "save_preview"]
+__all__ = ["ImageCaptionSaver", "check_preview_steps", "fixed_preview_batch", "real_images", "plms_sample",
+           "save_preview"]
 
 PREVIEW_GUIDANCE = 5
 
 
 class ImageCaptionSaver:
-    """Writes preview grids and ``captions.txt`` into the run folder (spec §2.11).
+    """Writes preview grids and ``captions.txt`` into the run folder (the original's class).
 
     ``__call__(images (B,3,H,W) in [-1,1], real (B,3,H,W) in [0,1], masked_real | None, captions, seen)``
     writes ``{seen:08d}.png``, ``{seen:08d}_real.png`` (+ ``_mased_real.png``) and appends the captions."""
@@ -65,49 +67,55 @@ def real_images(batch: dict, dataset) -> torch.Tensor:
     """(B,3,H,W) in [0,1] on CPU: the batch images, with boxes drawn when ``dataset`` can
     (``vis_getitem_data``, box datasets)."""
     image = batch["image"]
-    if "boxes" in batch and hasattr(dataset, "vis_getitem_data"):
+    if "boxes" in batch and dataset is not None and hasattr(dataset, "vis_getitem_data"):
         return torch.stack([dataset.vis_getitem_data(out={"image": image[i].cpu(), "boxes": batch["boxes"][i].cpu()},
                                                      return_tensor=True, print_caption=False)
                             for i in range(image.shape[0])])
     return (image.cpu().float() * 0.5 + 0.5).clamp(0, 1)
 
 
-@torch.no_grad()
-def save_preview(trainer, batch: dict, iter_name: int) -> None:
-    """PLMS samples (``trainer.preview_steps`` steps, guidance 5) of ``batch`` with the UNet in eval mode,
-    written by ``trainer.image_caption_saver`` with the real (and, inpainting, masked) images.
-
-    ``trainer`` provides ``device``, ``unet``, ``autoencoder``, ``text_encoder``, ``diffusion``,
-    ``grounding_tokenizer_input``, ``dataset_train``, ``inpaint_mode``, ``autocast()`` and
-    ``get_input()`` (see :class:`trainer.Trainer`). Consumes RNG: wrap in ``preserved_rng``."""
+def plms_sample(diffusion, unet, input: dict, uc: torch.Tensor, shape, steps: int) -> torch.Tensor:
+    """The one place training calls a sampler: PLMS, ``steps`` steps, guidance 5 -> latent (B,C,h,w)."""
     from ldm.models.diffusion.plms import PLMSSampler
 
-    batch = batch_to_device(batch, trainer.device)
+    sampler = PLMSSampler(diffusion, unet, progress=False)
+    return sampler.sample(S=steps, shape=shape, input=input, uc=uc, guidance_scale=PREVIEW_GUIDANCE)
+
+
+@torch.no_grad()
+def save_preview(models, batch: dict, saver: ImageCaptionSaver, iter_name: int, steps: int, device,
+                 vis_dataset=None, autocast=contextlib.nullcontext) -> None:
+    """PLMS samples of ``batch`` with ``models.unet`` in eval mode, written by ``saver`` as
+    ``{iter_name:08d}.png`` with the real (and, inpainting, masked) images and the captions.
+
+    ``models``: :class:`~ldm.training.build.Models`; ``vis_dataset`` draws the boxes on the real
+    images when it can; ``autocast``: a context factory (``fabric.autocast``). Consumes RNG: wrap in
+    :func:`~ldm.training.state.preserved_rng`."""
+    from .loss import get_input
+
+    batch = batch_to_device(dict(batch), device)
     image = batch["image"]
     B = image.shape[0]
-    real = real_images(batch, trainer.dataset_train.datasets[0])
-    unet = trainer.unet
+    real = real_images(batch, vis_dataset)
+    unet = models.unet
     was_training = unet.training
     unet.eval()
     try:
-        with trainer.autocast():
-            uc = trainer.text_encoder.encode([""] * B).float()
-            context = trainer.text_encoder.encode(list(batch["caption"])).float()
-            x_start, _, _, inpainting_extra_input, grounding_extra_input = trainer.get_input(
-                batch, timesteps=torch.zeros(B, dtype=torch.long))
+        with autocast():
+            uc = models.text_encoder.encode([""] * B).float()
+            x_start, _, context, inpainting_extra_input, grounding_extra_input = get_input(
+                models, batch, timesteps=torch.zeros(B, dtype=torch.long))
             input = dict(x=None, timesteps=None, context=context, inpainting_extra_input=inpainting_extra_input,
                          grounding_extra_input=grounding_extra_input,
-                         grounding_input=trainer.grounding_tokenizer_input.prepare(batch))
+                         grounding_input=models.grounding_tokenizer_input.prepare(batch))
             shape = (B, unet.in_channels, x_start.shape[-2], x_start.shape[-1])
-            sampler = PLMSSampler(trainer.diffusion, unet, progress=False)
-            samples = sampler.sample(S=trainer.preview_steps, shape=shape, input=input, uc=uc,
-                                     guidance_scale=PREVIEW_GUIDANCE)
-            samples = trainer.autoencoder.decode(samples.to(x_start.dtype))
+            samples = plms_sample(models.diffusion, unet, input, uc, shape, steps)
+            samples = models.autoencoder.decode(samples.to(x_start.dtype))
     finally:
         unet.train(was_training)
     samples = torch.clamp(samples.float().cpu(), min=-1, max=1)
     masked_real = None
-    if trainer.inpaint_mode:
+    if models.inpaint_mode:
         mask = inpainting_extra_input[:, -1:].float().cpu()
         masked_real = image.float().cpu() * F.interpolate(mask, size=image.shape[-2:], mode="nearest")
-    trainer.image_caption_saver(samples, real, masked_real, list(batch["caption"]), iter_name)
+    saver(samples, real, masked_real, list(batch["caption"]), iter_name)

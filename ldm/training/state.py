@@ -1,9 +1,10 @@
-"""Training state outside the models: devices, seeding / RNG streams, which parameters train,
-EMA, run folders, and what a resumed run takes from its checkpoint (training.md §2.1, §2.5)."""
+"""Training state outside the models: seeding and RNG streams, which parameters train, run
+folders, strict state-dict loads, and what a resumed run takes from its checkpoint."""
 from __future__ import annotations
 
 import contextlib
 import copy
+import re
 import os
 import random
 import shutil
@@ -19,9 +20,10 @@ from ldm.util import to_plain
 
 __all__ = [
     "ConfigMismatchError", "resolve_device", "seed_everything", "capture_rng_state", "restore_rng_state",
-    "preserved_rng", "disable_grads", "count_params", "make_ema", "update_ema", "is_trainable_name",
+    "preserved_rng", "disable_grads", "is_trainable_name",
     "select_trainable_parameters", "config_differences", "check_resume_config",
-    "create_expt_folder_with_auto_resuming", "resume_position", "load_strict", "atomic_link_or_copy",
+    "create_expt_folder_with_auto_resuming", "load_resume_checkpoint", "resume_position", "load_strict",
+    "atomic_link_or_copy",
 ]
 
 # model-config keys that may change between a run and its resumption
@@ -82,30 +84,8 @@ def disable_grads(model: torch.nn.Module) -> None:
         p.requires_grad = False
 
 
-def count_params(params) -> int:
-    total = sum(p.numel() for p in params)
-    print("total_trainable_params_count is: ", total)
-    return total
-
-
-def make_ema(model: torch.nn.Module, trainable_names: list[str]):
-    """``(ema, ema_params)``: a frozen eval-mode copy of ``model`` and its parameters named
-    ``trainable_names`` (the only ones :func:`update_ema` moves; the frozen ones are constant)."""
-    ema = copy.deepcopy(model).eval()
-    disable_grads(ema)
-    named = dict(ema.named_parameters())
-    return ema, [named[n] for n in trainable_names]
-
-
-@torch.no_grad()
-def update_ema(target_params, source_params, rate: float = 0.99) -> None:
-    """``target <- rate * target + (1 - rate) * source`` in place (no bias correction)."""
-    for targ, src in zip(target_params, source_params):
-        targ.detach().mul_(rate).add_(src.detach(), alpha=1 - rate)
-
-
 def is_trainable_name(name: str, input_conv_train: bool) -> bool:
-    """Spec §2.5 rules 1-4 (substring tests on the UNet parameter name)."""
+    """The original's rules (substring tests on the UNet parameter name, ``trainer.py``)."""
     if "transformer_blocks" in name and "fuser" in name:
         return True  # gated self-attention layers (incl. alpha_attn / alpha_dense)
     if "position_net" in name or "downsample_net" in name:
@@ -126,7 +106,7 @@ def select_trainable_parameters(model: torch.nn.Module, input_conv_train: bool, 
             trainable.append((name, p))
         else:
             if original is not None and name not in original:
-                raise RuntimeError(f"parameter {name!r} is neither trainable (spec §2.5) nor in the SD checkpoint")
+                raise RuntimeError(f"parameter {name!r} is neither trainable (gated fuser, position_net, downsample_net, widened first conv) nor in the SD checkpoint")
             frozen.append((name, p))
     return trainable, frozen
 
@@ -172,22 +152,51 @@ def check_resume_config(ckpt: dict, path: str, model_config: dict) -> None:
                                   f"--yaml_file ({'; '.join(diffs)}). Use another --name or OUTPUT_ROOT.")
 
 
-def create_expt_folder_with_auto_resuming(OUTPUT_ROOT: str, name: str):
-    """Spec §2.1 step 2: ``(run_folder, resume_checkpoint_or_None)`` without creating anything.
+def _tag_number(entry: str) -> int:
+    m = re.fullmatch(r"tag(\d+)", entry)
+    return int(m.group(1)) if m else -1
 
-    The newest ``tagNN`` holding ``checkpoint_latest.pth`` is resumed; every launch gets a new
-    ``tagNN`` folder (``NN`` = number of existing tag entries, bumped past any existing name).
+
+def create_expt_folder_with_auto_resuming(OUTPUT_ROOT: str, name: str):
+    """``(run_folder, resume_checkpoint_or_None)`` without creating anything (the original's helper).
+
+    The newest ``tagNN`` holding ``checkpoint_latest.pth`` is resumed, newest by number (``tag100``
+    after ``tag99``); every launch gets a new ``tagNN`` folder (``NN`` = number of existing tag
+    entries, bumped past any existing name).
     """
     base = os.path.join(OUTPUT_ROOT, name)
     if not os.path.isdir(base):
         return os.path.join(base, "tag00"), None
-    tags = sorted(e for e in os.listdir(base) if e.startswith("tag"))[::-1]
+    tags = sorted((e for e in os.listdir(base) if e.startswith("tag")), key=lambda e: (_tag_number(e), e))[::-1]
     resume = next((c for c in (os.path.join(base, t, "checkpoint_latest.pth") for t in tags) if os.path.isfile(c)),
                   None)
     n = len(tags)
     while os.path.exists(os.path.join(base, "tag" + str(n).zfill(2))):
         n += 1
     return os.path.join(base, "tag" + str(n).zfill(2)), resume
+
+
+def load_resume_checkpoint(path: str) -> dict:
+    """Read ``checkpoint_latest.pth``; if it is unreadable, the error names the newest intact
+    ``checkpoint_<iters>.pth`` beside it and how to resume from it."""
+    from ldm.checkpoint import load_checkpoint_file
+
+    try:
+        return load_checkpoint_file(path)
+    except CheckpointError as e:
+        folder = os.path.dirname(path)
+        numbered = sorted((f for f in os.listdir(folder) if re.fullmatch(r"checkpoint_\d+\.pth", f)),
+                          key=lambda f: int(f[len("checkpoint_"):-len(".pth")]), reverse=True)
+        for f in numbered:
+            candidate = os.path.join(folder, f)
+            try:
+                load_checkpoint_file(candidate)
+            except CheckpointError:
+                continue
+            raise CheckpointError(f"{e}. The newest intact checkpoint beside it is {candidate}: to resume from it, "
+                                  f"copy it over the broken one (cp {candidate} {path}) and relaunch") from e
+        raise CheckpointError(f"{e}. No intact checkpoint_<iters>.pth beside it: delete {path} to start over, "
+                              "or use another --name") from e
 
 
 def resume_position(ckpt: dict, rank: int, world_size: int, batch_size: int, seed: int):
@@ -214,13 +223,26 @@ def resume_position(ckpt: dict, rank: int, world_size: int, batch_size: int, see
 
 # ---------------------------------------------------------------------- files
 def load_strict(module: torch.nn.Module, state_dict: dict, what: str, hint: str = "") -> None:
-    """``load_state_dict(strict=True)`` turning a mismatch into a short :class:`CheckpointError`."""
+    """``load_state_dict(strict=True)``; a mismatch raises :class:`CheckpointError` naming the counts
+    and the first few missing / unexpected / wrongly shaped keys (the module is then partly loaded)."""
     try:
         module.load_state_dict(state_dict, strict=True)
+        return
     except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[:3])
-        raise CheckpointError(f"{what}: state dict does not match the model{hint}: {detail[:600]}") from e
+        error = e
+    own = module.state_dict()
+    shapes = {k: f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state_dict.items()
+              if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)}
+    try:  # the module's own key mapping decides what is missing / unexpected
+        missing, unexpected = module.load_state_dict({k: v for k, v in state_dict.items() if k not in shapes},
+                                                     strict=False)
+    except RuntimeError:
+        missing, unexpected = [k for k in own if k not in state_dict], [k for k in state_dict if k not in own]
+    problems = [f"{len(items)} {kind} (e.g. {', '.join(items[:3])})"
+                for kind, items in (("missing keys", list(missing)), ("unexpected keys", list(unexpected)),
+                                    ("shape mismatches, checkpoint vs model", list(shapes.values()))) if items]
+    detail = "; ".join(problems) or str(error).strip().splitlines()[0]
+    raise CheckpointError(f"{what}: state dict does not match the model{hint}: {detail}") from error
 
 
 def atomic_link_or_copy(src: str, dst: str) -> None:
