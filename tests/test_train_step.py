@@ -1,5 +1,6 @@
-"""Trainer pieces in-process: trainable-parameter rules, the loss of one step (golden parity),
-gradients only on trainable parameters, LR schedule, data stream determinism, CLI/config helpers."""
+"""Training pieces in-process: trainable-parameter rules, the loss of one step (golden parity),
+gradients only on trainable parameters, LR schedule, EMA / resume order, data stream determinism,
+CLI/config helpers, strict loads and run folders."""
 from __future__ import annotations
 
 import json
@@ -11,11 +12,13 @@ import torch
 from conftest import FIXTURES, ROOT
 
 from ldm.util import instantiate_from_config
-import main as main_mod
 import trainer as T
+from ldm.training.build import Models, build_train_state
+from ldm.training.config import TrainConfig, merged_config, parse_args
+from ldm.training.loss import get_input, loss
 
 
-# ----------------------------------------------------------------------------- §2.5 trainables
+# ----------------------------------------------------------------------------- trainables
 def _full_model_config(name: str, inpaint: bool = False):
     from omegaconf import OmegaConf
 
@@ -69,7 +72,7 @@ def test_unknown_new_parameter_is_caught():
         T.select_trainable_parameters(model, False, original_params_names=[])
 
 
-# ----------------------------------------------------------------------- §2.6 one step (golden)
+# ----------------------------------------------------------------------- one step (golden)
 def _load_fixture(golden_dir, name):
     from ldm.checkpoint import build_from_checkpoint
 
@@ -89,8 +92,8 @@ def _close(got, ref, tol):
 @pytest.mark.parametrize("name", FIXTURES)
 def test_run_one_step_matches_golden(in_golden_dir, name):
     meta, inputs, outputs, m = _load_fixture(in_golden_dir, name)
-    tr = T.Trainer.for_modules(m.model, m.autoencoder, m.text_encoder, m.diffusion, m.grounding_tokenizer_input,
-                               m.grounding_downsampler_input, inpaint_mode=meta["inpaint"])
+    models = Models(m.model, m.autoencoder, m.text_encoder, m.diffusion, m.grounding_tokenizer_input,
+                    m.grounding_downsampler_input, inpaint_mode=meta["inpaint"])
     trainable, frozen = T.select_trainable_parameters(m.model, meta["inpaint"])
     for _, p in frozen:
         p.requires_grad_(False)
@@ -99,16 +102,17 @@ def test_run_one_step_matches_golden(in_golden_dir, name):
     tol = meta["tolerances"]
     torch.manual_seed(meta["encode_seed_train"])  # first torch draw of the step: the VAE posterior sample
     random.seed(meta["train_py_seed"])  # the UNet's grounding-dropout draw (no drop for this seed)
-    x_start = tr.get_input(batch, timesteps=inputs["train_timesteps"])[0]
+    x_start = get_input(models, batch, timesteps=inputs["train_timesteps"])[0]
     ok, err = _close(x_start, outputs["train_x_start"], tol["train_x_noisy"] | {"atol": 2e-5})
     assert ok, f"x_start err {err}"
 
     torch.manual_seed(meta["encode_seed_train"])
     random.seed(meta["train_py_seed"])
-    loss = tr.run_one_step(batch, timesteps=inputs["train_timesteps"], noise=inputs["train_noise"])
-    ok, err = _close(loss, outputs["train_loss"], tol["train_loss"])
+    out = loss(models, batch, timesteps=inputs["train_timesteps"], noise=inputs["train_noise"])
+    assert set(out) == {"loss"} and out["loss"].shape == ()
+    ok, err = _close(out["loss"], outputs["train_loss"], tol["train_loss"])
     assert ok, f"loss err {err}"
-    loss.backward()
+    out["loss"].backward()
     params = dict(m.model.named_parameters())
     for k, ref in outputs["train_grads"].items():
         ok, err = _close(params[k].grad, ref, tol["train_grads"])
@@ -126,28 +130,23 @@ def test_inpaint_masks_follow_latent_size():
     parts = build_tiny("text", inpaint=True)
     from grounding_input.text_grounding_tokinzer_input import GroundingNetInput
 
-    tr = T.Trainer.for_modules(parts["model"], parts["autoencoder"], parts["text_encoder"], parts["diffusion"],
-                               GroundingNetInput(), inpaint_mode=True)
+    models = Models(parts["model"], parts["autoencoder"], parts["text_encoder"], parts["diffusion"],
+                    GroundingNetInput(), inpaint_mode=True)
     boxes = torch.zeros(2, 30, 4)
     boxes[:, 0] = torch.tensor([0.0, 0.0, 0.5, 0.5])
     batch = {"image": torch.zeros(2, 3, 16, 16), "caption": ["a", ""], "boxes": boxes, "masks": torch.ones(2, 30),
              "text_embeddings": torch.zeros(2, 30, 24)}
-    z, t, ctx, extra, g = tr.get_input(batch)
+    z, t, ctx, extra, g = get_input(models, batch)
     assert extra.shape == (2, 5, 8, 8) and g is None and t.shape == (2,) and ctx.shape == (2, 77, 16)
     mask = extra[:, 4]
     assert mask[:, :4, :4].eq(0).all() and mask.sum() == 2 * (64 - 16)
     torch.testing.assert_close(extra[:, :4], z * extra[:, 4:])
 
 
-# ----------------------------------------------------------------------------- §2.8 schedule
+# ----------------------------------------------------------------------------- schedule
 def _sched(kind, warmup, total=100):
-    from omegaconf import OmegaConf
-
-    tr = T.Trainer.__new__(T.Trainer)
-    tr.config = OmegaConf.create({"scheduler_type": kind, "warmup_steps": warmup})
-    tr.total_iters = total
-    tr.opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    return tr.opt, tr._make_scheduler()
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    return opt, T.make_scheduler(opt, kind, warmup, total)
 
 
 def test_lr_schedule_constant_and_cosine():
@@ -249,16 +248,111 @@ def test_rng_state_round_trip_is_weights_only_loadable(tmp_path):
 
 # ----------------------------------------------------------------------------- CLI / config
 def test_cli_converters_and_config(tmp_path):
-    p = main_mod.build_parser()
-    a = p.parse_args(["--inpaint_mode", "TRUE", "--enable_ema", "yes", "--ckpt", "None", "--local-rank", "3"])
+    a = parse_args(["--inpaint_mode", "TRUE", "--enable_ema", "yes", "--ckpt", "None", "--local-rank", "3",
+                    "--yaml_file", str(tmp_path / "absent.yaml")])
     assert a.inpaint_mode is True and a.enable_ema is False and a.ckpt is None and a.local_rank == 3
     assert a.gradient_checkpointing is None and a.precision == "fp32" and a.device == "auto"
-    a = p.parse_args(["--yaml_file", str(ROOT / "configs" / "tiny_text_box.yaml"), "--gradient_checkpointing", "false",
-                      "--inpaint_mode", "true", "--batch_size", "3", "--gradient_accumulation_steps", "2"])
-    cfg = main_mod.build_config(a, world_size=2)
+    assert a.fabric_precision == "32-true" and a.devices == "auto" and a.strategy == "auto"
+    a = parse_args(["--yaml_file", str(ROOT / "configs" / "tiny_text_box.yaml"), "--gradient_checkpointing", "false",
+                    "--inpaint_mode", "true", "--batch_size", "3", "--gradient_accumulation_steps", "2"])
+    cfg = merged_config(a, world_size=2)
     assert cfg.model.params.use_checkpoint is False and cfg.model.params.inpaint_mode is True
     assert cfg.inpaint_mode is True and cfg.distributed is True and cfg.total_batch_size == 12
     assert cfg.batch_size == 3 and "train_dataset_names" in cfg
+    with pytest.raises(ValueError, match="--batch_size must be >= 1"):
+        parse_args(["--batch_size", "0"])
+
+
+def test_defaults_reproduce_the_original():
+    d = TrainConfig()
+    assert (d.DATA_ROOT, d.OUTPUT_ROOT, d.name, d.seed, d.local_rank) == ("DATA", "OUTPUT", "test", 123, 0)
+    assert (d.base_learning_rate, d.weight_decay, d.warmup_steps, d.scheduler_type) == (5e-5, 0.0, 10000, "constant")
+    assert (d.batch_size, d.workers, d.official_ckpt_name, d.ckpt) == (2, 1, "sd-v1-4.ckpt", None)
+    assert not any((d.inpaint_mode, d.randomize_fg_mask, d.random_add_bg_mask, d.enable_ema,
+                    d.disable_inference_in_training))
+    assert (d.ema_rate, d.total_iters, d.save_every_iters) == (0.9999, 500000, 5000)
+    assert (d.precision, d.gradient_accumulation_steps, d.gradient_checkpointing) == ("fp32", 1, None)
+    # the parser's help names every default; each field is one flag
+    import dataclasses
+
+    from ldm.training.config import build_parser
+
+    help_text = build_parser().format_help()
+    assert "(default: 5e-05)" in help_text and "--local-rank" in help_text
+    assert all(f"--{f.name}" in help_text for f in dataclasses.fields(TrainConfig))
+
+
+def test_yaml_keys_fill_defaults_and_flags_win(tmp_path):
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text(open(ROOT / "configs" / "tiny_text_box.yaml").read()
+                         + "batch_size: 6\nenable_ema: true\ntotal_iters: 77\n")
+    cfg = parse_args(["--yaml_file", str(yaml_file), "--total_iters", "5"])
+    assert cfg.batch_size == 6 and cfg.enable_ema is True and cfg.total_iters == 5 and cfg.seed == 123
+    merged = merged_config(cfg)
+    assert merged.batch_size == 6 and merged.total_iters == 5
+
+
+def test_yaml_syntax_error_is_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  target: x\n   params: [1, 2\n")
+    with pytest.raises(ValueError) as e:
+        parse_args(["--yaml_file", str(bad)])
+    msg = str(e.value)
+    assert "bad.yaml" in msg and "YAML syntax error" in msg and "line" in msg and "\n" not in msg
+
+
+def _tiny_models():
+    from grounding_input.text_grounding_tokinzer_input import GroundingNetInput
+    from ldm.tiny import build_tiny
+
+    torch.manual_seed(0)
+    parts = build_tiny("text")
+    models = Models(parts["model"], parts["autoencoder"], parts["text_encoder"], parts["diffusion"],
+                    GroundingNetInput())
+    trainable, frozen = T.select_trainable_parameters(models.unet, False)
+    for _, p in frozen:
+        p.requires_grad_(False)
+    return models, [n for n, _ in trainable]
+
+
+def test_ema_starts_from_the_resumed_weights():
+    models, names = _tiny_models()
+    cfg = TrainConfig(enable_ema=True, warmup_steps=0)
+    donor = build_train_state(models, cfg, verbose=False)
+    resumed_weights = {k: v.clone() for k, v in models.unet.state_dict().items()}
+    for n in names:
+        resumed_weights[n] += 1.0  # what the run had learnt
+    resume = {"model": resumed_weights, "opt": donor.opt.state_dict(), "scheduler": donor.scheduler.state_dict(),
+              "iters": 7}  # a checkpoint written without EMA
+    with pytest.warns(UserWarning, match="no 'ema'"):
+        state = build_train_state(models, cfg, resume, verbose=False)
+    assert state.iters == 7 and state.trainable_names == names
+    ema = state.ema.state_dict()
+    for n in names:
+        assert torch.equal(ema[n], resumed_weights[n]), n
+    # with an 'ema' entry, the EMA is that one
+    resume["ema"] = {k: v - 2.0 if k in names else v for k, v in resumed_weights.items()}
+    state = build_train_state(models, cfg, resume, verbose=False)
+    assert torch.equal(state.ema.state_dict()[names[0]], resume["ema"][names[0]])
+    # the optimizer holds exactly the trainable parameters
+    assert len(state.params) == len(names) and all(p.requires_grad for p in state.params)
+
+
+def test_load_strict_names_counts_and_keys():
+    from ldm.checkpoint import CheckpointError
+    from ldm.training.state import load_strict
+
+    m = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
+    sd = m.state_dict()
+    bad = {k: v for k, v in sd.items() if k != "1.bias"} | {"2.weight": torch.zeros(1), "x.y": torch.zeros(1)}
+    bad["0.weight"] = torch.zeros(4, 2)
+    with pytest.raises(CheckpointError) as e:
+        load_strict(m, bad, "--ckpt a.pth")
+    msg = str(e.value)
+    assert msg.startswith("--ckpt a.pth: state dict does not match the model")
+    assert "1 missing keys (e.g. 1.bias)" in msg and "2 unexpected keys (e.g. 2.weight, x.y)" in msg
+    assert "0.weight (4, 2) vs (3, 2)" in msg and "\n" not in msg
+    load_strict(m, sd, "fine")
 
 
 def test_config_differences_names_keys():
@@ -280,6 +374,13 @@ def test_auto_resume_folder(tmp_path):
     run, resume = T.create_expt_folder_with_auto_resuming(str(tmp_path), "exp")
     assert run == str(tmp_path / "exp" / "tag02")
     assert resume == str(tmp_path / "exp" / "tag00" / "checkpoint_latest.pth")
+    # newest by number: tag100 comes after tag99
+    for tag in ("tag99", "tag100"):
+        (tmp_path / "exp" / tag).mkdir()
+        (tmp_path / "exp" / tag / "checkpoint_latest.pth").write_bytes(b"x")
+    run, resume = T.create_expt_folder_with_auto_resuming(str(tmp_path), "exp")
+    assert resume == str(tmp_path / "exp" / "tag100" / "checkpoint_latest.pth")
+    assert run == str(tmp_path / "exp" / "tag04")
 
 
 def test_batch_helpers():

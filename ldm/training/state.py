@@ -238,8 +238,9 @@ def load_strict(module: torch.nn.Module, state_dict: dict, what: str, hint: str 
                                                      strict=False)
     except RuntimeError:
         missing, unexpected = [k for k in own if k not in state_dict], [k for k in state_dict if k not in own]
+    missing = [k for k in missing if k not in shapes]
     problems = [f"{len(items)} {kind} (e.g. {', '.join(items[:3])})"
-                for kind, items in (("missing keys", list(missing)), ("unexpected keys", list(unexpected)),
+                for kind, items in (("missing keys", missing), ("unexpected keys", list(unexpected)),
                                     ("shape mismatches, checkpoint vs model", list(shapes.values()))) if items]
     detail = "; ".join(problems) or str(error).strip().splitlines()[0]
     raise CheckpointError(f"{what}: state dict does not match the model{hint}: {detail}") from error
