@@ -52,7 +52,9 @@ def test_torchrun_environment(clean_env):
                      GROUP_RANK="1", MASTER_ADDR="10.0.0.7", MASTER_PORT="29501")
     assert process_layout() == (4, 2)
     fabric = make_fabric(TrainConfig(device="cpu", precision="bf16"))
-    assert isinstance(fabric.strategy, DDPStrategy) and not fabric.strategy._ddp_kwargs["broadcast_buffers"]
+    kwargs = fabric.strategy._ddp_kwargs
+    assert isinstance(fabric.strategy, DDPStrategy)
+    assert kwargs.get("forward_sync_buffers", kwargs.get("broadcast_buffers")) is False
     env = fabric.strategy.cluster_environment
     assert isinstance(env, TorchElasticEnvironment)
     assert (fabric.global_rank, fabric.local_rank, fabric.node_rank, fabric.world_size) == (5, 1, 1, 8)

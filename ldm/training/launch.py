@@ -5,7 +5,7 @@ Fabric reads the launcher's environment itself: ``torchrun`` (``RANK``, ``LOCAL_
 ``SLURM_LOCALID``, ``SLURM_NODEID``, ``SLURM_NODELIST``) or, with neither, it starts
 ``--devices`` processes of this script on this machine. This module only fills the numbers
 Fabric needs up front (processes per node, nodes) from the same variables when the flags say
-``auto``, and picks the strategy: DDP (``broadcast_buffers=False``, as the original) whenever
+``auto``, and picks the strategy: DDP (no per-forward buffer broadcast, as the original) whenever
 there is more than one process, NCCL on CUDA and gloo on CPU.
 
 Precision: ``fp32`` (``32-true``), ``bf16`` (``bf16-mixed``), ``fp16`` (``16-mixed`` with a
@@ -59,6 +59,18 @@ def process_layout(env: Mapping[str, str] | None = None) -> tuple[int, int]:
     return 1, 1
 
 
+def _no_buffer_sync() -> dict:
+    """DDP without the per-forward buffer broadcast (the original's ``broadcast_buffers=False``;
+    newer torch spells it ``forward_sync_buffers``). The UNet's buffers are constants."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
+
+
 def make_fabric(cfg) -> Fabric:
     """A :class:`~lightning.fabric.Fabric` for ``cfg`` (a :class:`~ldm.training.config.TrainConfig`):
     ``--device``, ``--devices``, ``--num_nodes``, ``--strategy``, ``--precision``. Not launched yet."""
@@ -68,7 +80,7 @@ def make_fabric(cfg) -> Fabric:
     num_nodes = nodes if cfg.num_nodes == "auto" else int(cfg.num_nodes)
     strategy: Any = cfg.strategy
     if strategy == "ddp" or (strategy == "auto" and devices * num_nodes > 1):
-        strategy = DDPStrategy(broadcast_buffers=False)
+        strategy = DDPStrategy(**_no_buffer_sync())
     precision = cfg.fabric_precision
     plugins = None
     if precision in ("16-mixed", "bf16-mixed"):
