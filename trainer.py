@@ -95,7 +95,10 @@ def train(cfg: TrainConfig) -> None:
         fabric.print(f"Training finished: checkpoint is at iteration {state.iters} >= total_iters {cfg.total_iters}")
         return
     run = open_run_folder(fabric, run_folder, config, models, preview_batch, dataset, cfg)
-    restore_rng_state(rng_state, fabric.device) if rng_state is not None else seed_everything(cfg.seed + rank)
+    if rng_state is not None:  # last: nothing may draw random numbers between this and the first step
+        restore_rng_state(rng_state, fabric.device)
+    else:
+        seed_everything(cfg.seed + rank)
     fabric.barrier()
 
     # -- the loop: one optimizer step per iteration, ``gradient_accumulation_steps`` micro-batches each
