@@ -90,7 +90,7 @@ def _close(got, ref, tol):
 
 
 @pytest.mark.parametrize("name", FIXTURES)
-def test_run_one_step_matches_golden(in_golden_dir, name):
+def test_loss_matches_golden(in_golden_dir, name):
     meta, inputs, outputs, m = _load_fixture(in_golden_dir, name)
     models = Models(m.model, m.autoencoder, m.text_encoder, m.diffusion, m.grounding_tokenizer_input,
                     m.grounding_downsampler_input, inpaint_mode=meta["inpaint"])
