@@ -99,22 +99,26 @@ def run_generate(args) -> list[str]:
     settings = {"ckpt": record_ckpt, "sampler": args.sampler, "steps": args.steps, "guidance_scale": args.guidance_scale,
                 "negative_prompt": args.negative_prompt, "alpha_type": args.alpha_type, "seed": args.seed,
                 "dtype": args.dtype, "clip": args.clip}
-    check_layouts(args.out, jobs, protocol, settings, load_categories(args.annotations), args.alpha_type,
-                  write=rank == 0)
+    categories = load_categories(args.annotations)
+    check_layouts(args.out, jobs, protocol, settings, categories, args.alpha_type, write=False)  # refuse early
     mine = shard(jobs, rank, world)
     todo = [j for j in mine if not os.path.isfile(os.path.join(args.out, j.file))]
+    runner = None
+    if todo:
+        pin_local_gpu()  # before anything initialises CUDA
+        from ldm.inference.layout import Generation
+        from ldm.inference.pipeline import Runner, Settings
+
+        extra = {} if args.negative_prompt is None else {"negative_prompt": args.negative_prompt}
+        runner = Runner(Settings(sampler=args.sampler, steps=args.steps, guidance_scale=args.guidance_scale,
+                                 batch_size=1, seed=None, device=args.device, dtype=args.dtype, clip=args.clip,
+                                 ckpt=ckpt, progress=False, **extra))
+        runner.checkpoint_for(Generation.from_dict(todo[0].entry(args.alpha_type)))  # resolve / download it first
+    check_layouts(args.out, jobs, protocol, settings, categories, args.alpha_type, write=rank == 0)
     print(f"rank {rank}/{world}: {len(mine)} of {len(jobs)} samples, {len(mine) - len(todo)} already done",
           file=sys.stderr, flush=True)
-    if not todo:
+    if runner is None:
         return []
-    pin_local_gpu()
-    from ldm.inference.pipeline import Runner, Settings
-
-    extra = {} if args.negative_prompt is None else {"negative_prompt": args.negative_prompt}
-    runner = Runner(Settings(sampler=args.sampler, steps=args.steps, guidance_scale=args.guidance_scale, batch_size=1,
-                             seed=None, device=args.device, dtype=args.dtype, clip=args.clip, ckpt=ckpt,
-                             progress=False, **extra))
-    os.makedirs(args.out, exist_ok=True)
     return generate(mine, args.out, runner, args.alpha_type, args.progress)
 
 

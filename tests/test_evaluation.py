@@ -353,6 +353,11 @@ def _one_line_error(capsys, argv) -> str:
 def test_bad_input_is_one_line(assets, generated, tmp_path, capsys):
     assert "not found" in _one_line_error(capsys, ["generate", "--annotations", str(tmp_path / "x.json"), "--out",
                                                    str(tmp_path / "o")])
+    bad_ckpt = gen_args(assets, tmp_path / "o")
+    bad_ckpt[bad_ckpt.index("--ckpt") + 1] = str(tmp_path / "missing.pth")
+    assert "missing.pth" in _one_line_error(capsys, bad_ckpt)
+    assert not (tmp_path / "o").exists()  # nothing written before the checkpoint is found
+    assert "steps" in _one_line_error(capsys, gen_args(assets, tmp_path / "o", "--steps", "0"))
     assert "unknown metric 'fidd'" in _one_line_error(capsys, ["score", "--generated", str(generated), "--metrics",
                                                                "fidd"])
     assert "--real" in _one_line_error(capsys, ["score", "--generated", str(generated), "--metrics", "fid"])
@@ -378,3 +383,31 @@ def test_offline_without_cached_weights_names_the_file(generated, assets, tmp_pa
     with pytest.raises(ResolveError):
         M.inception_extractor(None)
     assert not os.path.exists(tmp_path / "torch" / "hub" / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth")
+
+
+def test_grounding_dino_spans_map_back_to_the_layout_phrases(tmp_path):
+    from transformers import (BertConfig, BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection,
+                              GroundingDinoImageProcessor, GroundingDinoProcessor, SwinConfig)
+
+    from ldm.evaluation.detectors import match_phrase
+
+    assert match_phrase("traffic light", ["cat", "traffic light"]) == "traffic light"
+    assert match_phrase("light", ["cat", "traffic light"]) == "traffic light"
+    assert match_phrase("zebra", ["cat", "dog"]) is None
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "cat", "dog", "traffic", "light"]
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+    torch.manual_seed(0)
+    model = GroundingDinoForObjectDetection(GroundingDinoConfig(
+        backbone_config=SwinConfig(image_size=32, patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[1, 1],
+                                   window_size=2, out_features=["stage1", "stage2"]),
+        text_config=BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32, max_position_embeddings=64),
+        d_model=32, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+        encoder_attention_heads=2, decoder_attention_heads=2, num_queries=10, num_feature_levels=2,
+        encoder_n_points=1, decoder_n_points=1, max_text_len=32))
+    processor = GroundingDinoProcessor(GroundingDinoImageProcessor(size={"shortest_edge": 32, "longest_edge": 48}),
+                                       BertTokenizer(str(tmp_path / "vocab.txt")))
+    det = OpenVocabDetector(model, processor, "cpu", score_threshold=0.0)
+    assert det.is_grounding_dino
+    out = det.detect([Image.new("RGB", (40, 32), (50, 60, 70))], [["cat", "traffic light"]])[0]
+    assert len(out.labels) > 0 and set(out.labels) <= {"cat", "traffic light"} and out.boxes.shape == (len(out.labels), 4)

@@ -144,6 +144,7 @@ def generate(jobs: list[Job], out_dir: str, runner, alpha_type=None, progress: b
     """
     from tqdm.auto import tqdm
 
+    os.makedirs(out_dir, exist_ok=True)
     todo = [j for j in jobs if not os.path.isfile(os.path.join(out_dir, j.file))]
     written = []
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="generate", unit="img", disable=not progress)

@@ -174,8 +174,12 @@ def fid_kid(real: torch.Tensor, fake: torch.Tensor, want_fid: bool = True, want_
         fid.update(fake, real=False)
         out["FID"] = float(fid.compute())
     if want_kid:
+        import warnings
+
         size = min(kid_subset_size, len(real), len(fake))
-        kid = KernelInceptionDistance(feature=ident, subsets=kid_subsets, subset_size=size)
+        with warnings.catch_warnings():  # "KID keeps all features in memory": here they are 2048-d vectors
+            warnings.simplefilter("ignore", UserWarning)
+            kid = KernelInceptionDistance(feature=ident, subsets=kid_subsets, subset_size=size)
         kid.update(real, real=True)
         kid.update(fake, real=False)
         mean, std = kid.compute()
