@@ -96,7 +96,8 @@ def run_generate(args) -> list[str]:
     jobs = plan_jobs(images, args.per_image, args.seed)
     ckpt = args.ckpt
     record_ckpt = os.path.abspath(ckpt) if ckpt and os.path.exists(ckpt) else (ckpt or "released box+text")
-    settings = {"ckpt": record_ckpt, "sampler": args.sampler, "steps": args.steps, "guidance_scale": args.guidance_scale,
+    steps = args.steps if args.steps is not None else (50 if args.sampler == "plms" else 250)
+    settings = {"ckpt": record_ckpt, "sampler": args.sampler, "steps": steps, "guidance_scale": args.guidance_scale,
                 "negative_prompt": args.negative_prompt, "alpha_type": args.alpha_type, "seed": args.seed,
                 "dtype": args.dtype, "clip": args.clip}
     categories = load_categories(args.annotations)

@@ -411,3 +411,27 @@ def test_grounding_dino_spans_map_back_to_the_layout_phrases(tmp_path):
     assert det.is_grounding_dino
     out = det.detect([Image.new("RGB", (40, 32), (50, 60, 70))], [["cat", "traffic light"]])[0]
     assert len(out.labels) > 0 and set(out.labels) <= {"cat", "traffic light"} and out.boxes.shape == (len(out.labels), 4)
+
+
+def test_fid_kid_through_the_real_inception_with_local_weights(assets, generated, tmp_path, monkeypatch, capsys):
+    """--inception-weights: torch-fidelity's Inception v3 (random weights stand in for the TF-FID file)."""
+    from unittest import mock
+
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+
+    with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}), \
+            mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None):
+        torch.save(fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"]).state_dict(), tmp_path / "inc.pth")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))  # nothing may come from the cache
+    out = tmp_path / "s.json"
+    assert evaluate.main(["score", "--generated", str(generated), "--real", assets["real"], "--metrics", "fid,kid",
+                          "--inception-weights", str(tmp_path / "inc.pth"), "--device", "cpu", "--no-progress",
+                          "--out", str(out)]) == 0
+    m = json.loads(out.read_text())["metrics"]
+    assert m["FID"] > 0 and np.isfinite(m["KID"]) and m["real_images"] == 3 and m["generated_images"] == 3
+    capsys.readouterr()
+    (tmp_path / "evil.pth").write_bytes(b"not a state dict")
+    assert "state dict" in _one_line_error(capsys, ["score", "--generated", str(generated), "--real", assets["real"],
+                                                    "--metrics", "fid", "--inception-weights",
+                                                    str(tmp_path / "evil.pth")])
