@@ -435,3 +435,15 @@ def test_fid_kid_through_the_real_inception_with_local_weights(assets, generated
     assert "state dict" in _one_line_error(capsys, ["score", "--generated", str(generated), "--real", assets["real"],
                                                     "--metrics", "fid", "--inception-weights",
                                                     str(tmp_path / "evil.pth")])
+
+
+def test_clip_score_is_100_times_the_clipped_cosine():
+    class StandIn:  # CLIPGroundingFeatures interface: unit-norm projected embeddings
+        def image_after(self, images):
+            return torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])[:len(images)]
+
+        def text_after(self, captions):
+            return torch.tensor([[0.6, 0.8], [-1.0, 0.0], [0.0, 1.0]])[:len(captions)]
+
+    s = M.clip_scores(StandIn(), [None] * 3, ["a", "b", "c"])
+    assert torch.allclose(s, torch.tensor([60.0, 0.0, 100.0]))

@@ -6,7 +6,7 @@
   runs on the generated images and is scored against the layout boxes as ground truth;
 * :func:`mig_scores` -- COCO-MIG-style instance success rate and mIoU: for every layout box, the
   best IoU of a detection of its phrase (0 if none); success when that IoU >= 0.5;
-* :func:`clip_score` -- CLIP score of image against caption, ``100 * max(cos, 0)`` averaged.
+* :func:`clip_scores` -- CLIP score of image against caption, ``100 * max(cos, 0)`` averaged.
 
 Shared conventions: a *sample* is one entry of ``layouts.json`` (``entry`` holds ``phrases`` and
 normalised xyxy ``boxes``, plus ``category_ids``); detections are
@@ -192,12 +192,10 @@ def fid_kid(real: torch.Tensor, fake: torch.Tensor, want_fid: bool = True, want_
 
 
 @torch.no_grad()
-def clip_score(features, images, captions: list[str], batch_size: int = 16) -> float:
-    """Mean ``100 * max(cos(image, caption), 0)`` with a :class:`CLIPGroundingFeatures` (projected,
-    L2-normalised embeddings; the definition of torchmetrics' ``CLIPScore``)."""
-    scores = []
-    for i in range(0, len(images), batch_size):
-        img = features.image_after(list(images[i:i + batch_size]))
-        txt = features.text_after(list(captions[i:i + batch_size]))
-        scores.append(100 * (img * txt).sum(-1).clamp(min=0))
-    return float(torch.cat(scores).mean()) if scores else 0.0
+def clip_scores(features, images, captions: list[str]) -> torch.Tensor:
+    """``(N,)`` CLIP scores ``100 * max(cos(image, caption), 0)`` of one batch, with a
+    :class:`CLIPGroundingFeatures` (projected, L2-normalised embeddings; torchmetrics' ``CLIPScore``
+    definition). Average them over the set for the reported CLIP score."""
+    img = features.image_after(list(images))
+    txt = features.text_after(list(captions)).to(img.device)
+    return (100 * (img * txt).sum(-1).clamp(min=0)).cpu()

@@ -181,8 +181,11 @@ def score(gen_dir: str, opts: ScoreOptions, categories: dict[int, str] | None = 
             from .weights import hf_pretrained
 
             clip_features = hf_pretrained(lambda r: CLIPGroundingFeatures(r, device=device), opts.clip, "CLIP score")
-        images = [open_rgb(p) for p in files]
-        out["CLIP"] = M.clip_score(clip_features, images, [s["entry"]["prompt"] for s in samples], opts.batch_size)
+        per_image = []
+        for i in tqdm(range(0, len(files), opts.batch_size), desc="clip", disable=not opts.progress):
+            per_image.append(M.clip_scores(clip_features, [open_rgb(p) for p in files[i:i + opts.batch_size]],
+                                           [s["entry"]["prompt"] for s in samples[i:i + opts.batch_size]]))
+        out["CLIP"] = float(torch.cat(per_image).mean())
 
     settings = {k: v for k, v in asdict(opts).items() if k != "progress"}
     settings["metrics"] = list(opts.metrics)
