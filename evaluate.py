@@ -33,7 +33,8 @@ def _alpha_type(text: str):
 def build_parser() -> argparse.ArgumentParser:
     from ldm.inference.pipeline import DEFAULT_CLIP, DEVICES, DTYPES, SAMPLERS
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--compare", nargs="+", metavar="SCORES.json", help="print score files side by side and exit")
     sub = p.add_subparsers(dest="stage")
@@ -70,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics", default="fid,kid,ap,mig,clip", help="comma-separated subset of fid,kid,ap,mig,clip")
     s.add_argument("--out", default=None, help="scores JSON (default <generated>/scores.json; .md beside it)")
     s.add_argument("--detector", default="torchvision",
-                   help="torchvision[:model] (closed-set COCO), owlv2[:repo] or grounding-dino[:repo] (open vocabulary)")
+                   help="torchvision[:model] (closed-set COCO), owlv2[:repo] or grounding-dino[:repo] "
+                        "(open vocabulary)")
     s.add_argument("--detector-threshold", type=float, default=0.05, help="detections kept for AP")
     s.add_argument("--mig-iou", type=float, default=0.5, help="IoU for a successful instance")
     s.add_argument("--mig-score-threshold", type=float, default=0.3, help="detections considered for MIG")

@@ -30,7 +30,8 @@ def write_coco(folder, images=((1, 64, 48), (2, 40, 60), (3, 50, 50)), anns=None
     rng = np.random.default_rng(0)
     ims = []
     for i, w, h in images:
-        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(os.path.join(folder, "real", f"{i:06d}.png"))
+        pixels = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(os.path.join(folder, "real", f"{i:06d}.png"))
         ims.append({"id": i, "file_name": f"{i:06d}.png", "width": w, "height": h})
     if anns is None:
         anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 5, 30, 30]},
@@ -152,7 +153,7 @@ def oracle(samples, sizes, shift=0.0, relabel=None):
 
 def test_ap_is_one_for_the_layout_boxes_lower_when_shifted_zero_for_the_wrong_class():
     exact = M.detection_ap(SAMPLES, oracle(SAMPLES, SIZES), SIZES, CATEGORIES, closed_set=True)
-    assert exact["AP"] == pytest.approx(1.0) and exact["AP50"] == pytest.approx(1.0) and exact["AP75"] == pytest.approx(1.0)
+    assert (exact["AP"], exact["AP50"], exact["AP75"]) == pytest.approx((1.0, 1.0, 1.0))
     shifted = M.detection_ap(SAMPLES, oracle(SAMPLES, SIZES, shift=0.05), SIZES, CATEGORIES, closed_set=True)
     assert 0.0 < shifted["AP"] < 1.0 and shifted["AP50"] == pytest.approx(1.0)
     swap = {"cat": "dog", "dog": "traffic light", "traffic light": "cat"}  # every box gets another class
@@ -337,7 +338,8 @@ def test_compare_and_markdown(tmp_path, capsys):
     write_scores(str(tmp_path / "b.json"), b)
     assert "| FID | 20.00 |" in markdown_table(a)
     table = compare([str(tmp_path / "a.json"), str(tmp_path / "b.json")])
-    assert "| FID | 20.00 | **10.00** |" in table and "| AP | **0.200** | 0.100 |" in table and "| CLIP | 30.00 | – |" in table
+    assert "| FID | 20.00 | **10.00** |" in table and "| AP | **0.200** | 0.100 |" in table
+    assert "| CLIP | 30.00 | – |" in table
     assert evaluate.main(["--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
     assert capsys.readouterr().out == table
 
@@ -410,7 +412,8 @@ def test_grounding_dino_spans_map_back_to_the_layout_phrases(tmp_path):
     det = OpenVocabDetector(model, processor, "cpu", score_threshold=0.0)
     assert det.is_grounding_dino
     out = det.detect([Image.new("RGB", (40, 32), (50, 60, 70))], [["cat", "traffic light"]])[0]
-    assert len(out.labels) > 0 and set(out.labels) <= {"cat", "traffic light"} and out.boxes.shape == (len(out.labels), 4)
+    assert len(out.labels) > 0 and set(out.labels) <= {"cat", "traffic light"}
+    assert out.boxes.shape == (len(out.labels), 4)
 
 
 def test_fid_kid_through_the_real_inception_with_local_weights(assets, generated, tmp_path, monkeypatch, capsys):

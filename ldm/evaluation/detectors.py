@@ -161,7 +161,8 @@ def load_detector(spec: str, device="cpu", score_threshold: float = 0.05):
     kind, _, name = spec.partition(":")
     kind = kind.lower()
     if kind not in DEFAULTS:
-        raise LayoutError(f"unknown detector {spec!r} (choose torchvision[:model], owlv2[:repo], grounding-dino[:repo])")
+        raise LayoutError(f"unknown detector {spec!r} "
+                          "(choose torchvision[:model], owlv2[:repo], grounding-dino[:repo])")
     name = name or DEFAULTS[kind]
     if kind == "torchvision":
         return TorchvisionDetector.from_name(name, device, score_threshold)

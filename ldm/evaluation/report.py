@@ -67,6 +67,7 @@ def compare(paths: list[str]) -> str:
         values = [r.get(k) for r in runs]
         nums = [v for v in values if isinstance(v, (int, float))]
         best = (min(nums) if k in LOWER_IS_BETTER else max(nums)) if nums and k in METRICS else None
-        cells = [f"**{_fmt(k, v)}**" if best is not None and v == best and len(nums) > 1 else _fmt(k, v) for v in values]
+        bold = best is not None and len(nums) > 1
+        cells = [f"**{_fmt(k, v)}**" if bold and v == best else _fmt(k, v) for v in values]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
