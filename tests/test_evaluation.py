@@ -222,7 +222,7 @@ def test_real_images_are_centre_cropped_like_training_images(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- detectors
-def test_torchvision_detector_from_the_torch_hub_cache(tmp_path, monkeypatch):
+def test_torchvision_detector_from_the_torch_hub_cache(tmp_path, monkeypatch, capsys):
     import torchvision.models.detection as tvd
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
@@ -236,6 +236,17 @@ def test_torchvision_detector_from_the_torch_hub_cache(tmp_path, monkeypatch):
     out = det.detect([Image.new("RGB", (40, 30), (200, 10, 10)), Image.new("RGB", (32, 32))], None)
     assert len(out) == 2 and all(lab in weights.meta["categories"] for d in out for lab in d.labels)
     assert all(d.boxes.shape == (len(d.labels), 4) for d in out)
+    # a closed-set detector that cannot name a layout category says so
+    from ldm.evaluation.generate import LAYOUTS_FILE
+
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    Image.new("RGB", (32, 32)).save(gen / "1_0.png")
+    (gen / LAYOUTS_FILE).write_text(json.dumps({"categories": {"1": "cat", "9": "okapi"}, "samples": [
+        {"file": "1_0.png", "category_ids": [1, 9], "entry": {"prompt": "p", "phrases": ["cat", "okapi"],
+                                                             "boxes": [[0, 0, 0.5, 0.5], [0.5, 0.5, 1, 1]]}}]}))
+    r = score(str(gen), ScoreOptions(metrics=("ap",), device="cpu", progress=False), detector=det)
+    assert "1 layout categories are unknown" in capsys.readouterr().err and r["metrics"]["ap_ground_truth_boxes"] == 2
     with pytest.raises(LayoutError, match="unknown torchvision detector"):
         load_detector("torchvision:no_such_model")
 

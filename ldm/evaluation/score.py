@@ -7,6 +7,7 @@ number and the settings that produced it (see :func:`score`).
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -14,6 +15,7 @@ import torch
 
 from ldm.inference.errors import LayoutError
 
+from .detectors import normalise_name
 from .generate import LAYOUTS_FILE
 from .report import read_json
 
@@ -162,6 +164,13 @@ def score(gen_dir: str, opts: ScoreOptions, categories: dict[int, str] | None = 
             from .detectors import load_detector
 
             detector = load_detector(opts.detector, device, opts.detector_threshold)
+        known = {normalise_name(c) for c in getattr(detector, "categories", [])}
+        unknown = sorted({c for s in samples for c in s["category_ids"]
+                          if known and normalise_name(categories.get(c, "")) not in known})
+        if unknown:
+            print(f"warning: {len(unknown)} layout categories are unknown to the closed-set detector "
+                  f"(e.g. {categories.get(unknown[0])!r}); their boxes count as missed. For LVIS or free phrases use "
+                  "--detector owlv2 or grounding-dino", file=sys.stderr)
         dets, sizes = [], []
         for i in tqdm(range(0, len(files), opts.batch_size), desc="detect", disable=not opts.progress):
             images = [open_rgb(p) for p in files[i:i + opts.batch_size]]
