@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ldm.inference.errors import LayoutError
+from ldm.inference.errors import LayoutError, ResolveError
 
 from .detectors import normalise_name
 from .generate import LAYOUTS_FILE
@@ -112,9 +112,15 @@ def real_paths(opts: ScoreOptions, samples: list[dict]) -> list[str]:
     return paths
 
 
-def _batches(items, n, load):
-    for i in range(0, len(items), n):
-        yield torch.stack([load(x) for x in items[i:i + n]])
+def _warn_unknown_categories(detector, samples: list[dict], categories: dict[int, str]) -> None:
+    """A closed-set detector (one with ``categories``) cannot find categories it has no name for."""
+    known = {normalise_name(c) for c in getattr(detector, "categories", [])}
+    unknown = sorted({c for s in samples for c in s["category_ids"]
+                      if known and normalise_name(categories.get(c, "")) not in known})
+    if unknown:
+        print(f"warning: {len(unknown)} layout categories are unknown to the closed-set detector "
+              f"(e.g. {categories.get(unknown[0])!r}); their boxes count as missed. For LVIS or free phrases use "
+              "--detector owlv2 or grounding-dino", file=sys.stderr)
 
 
 def score(gen_dir: str, opts: ScoreOptions, categories: dict[int, str] | None = None, detector=None,
@@ -136,64 +142,63 @@ def score(gen_dir: str, opts: ScoreOptions, categories: dict[int, str] | None = 
     record, samples, missing = load_generated(gen_dir)
     if categories is None:
         categories = {int(k): v for k, v in (record.get("categories") or {}).items()}
-    device = resolve_device(opts.device)
+    try:
+        device = resolve_device(opts.device)
+    except ValueError as e:
+        raise ResolveError(str(e)) from None
     files = [os.path.join(gen_dir, s["file"]) for s in samples]
-    out: dict = {}
+    want = set(opts.metrics)
 
-    if "fid" in opts.metrics or "kid" in opts.metrics:
-        if feature_extractor is None:
-            feature_extractor = M.inception_extractor(opts.inception_weights).to(device)
-        size = open_rgb(files[0]).size[0]
-        reals = real_paths(opts, samples)
-        bar = lambda it, n, what: tqdm(it, total=-(-n // opts.batch_size), desc=what, disable=not opts.progress)  # noqa
-        fake = M.extract_features(feature_extractor, bar(_batches(files, opts.batch_size,
-                                                                  lambda p: uint8_tensor(open_rgb(p))),
-                                                         len(files), "inception (generated)"), device)
-        real = M.extract_features(feature_extractor, bar(_batches(reals, opts.batch_size,
-                                                                  lambda p: real_uint8(p, size)),
-                                                         len(reals), "inception (real)"), device)
-        if len(fake) < 2:
-            raise LayoutError("FID / KID need at least 2 generated images")
-        out.update(M.fid_kid(real, fake, "fid" in opts.metrics, "kid" in opts.metrics, opts.kid_subsets,
-                             opts.kid_subset_size))
-
-    if "ap" in opts.metrics or "mig" in opts.metrics:
+    # everything that can fail (files, downloads) before any long computation
+    reals = real_paths(opts, samples) if want & {"fid", "kid"} else []
+    if want & {"fid", "kid"} and len(files) < 2:
+        raise LayoutError("FID / KID need at least 2 generated images")
+    if want & {"fid", "kid"} and feature_extractor is None:
+        feature_extractor = M.inception_extractor(opts.inception_weights).to(device)
+    if want & {"ap", "mig"}:
         if not categories:
             raise LayoutError("AP / MIG need the category names: pass --annotations")
         if detector is None:
             from .detectors import load_detector
 
             detector = load_detector(opts.detector, device, opts.detector_threshold)
-        known = {normalise_name(c) for c in getattr(detector, "categories", [])}
-        unknown = sorted({c for s in samples for c in s["category_ids"]
-                          if known and normalise_name(categories.get(c, "")) not in known})
-        if unknown:
-            print(f"warning: {len(unknown)} layout categories are unknown to the closed-set detector "
-                  f"(e.g. {categories.get(unknown[0])!r}); their boxes count as missed. For LVIS or free phrases use "
-                  "--detector owlv2 or grounding-dino", file=sys.stderr)
+        _warn_unknown_categories(detector, samples, categories)
+    if "clip" in want and clip_features is None:
+        from ldm.modules.encoders.clip_features import CLIPGroundingFeatures
+
+        from .weights import hf_pretrained
+
+        clip_features = hf_pretrained(lambda r: CLIPGroundingFeatures(r, device=device), opts.clip, "CLIP score")
+
+    out: dict = {}
+    bar = lambda n, what: tqdm(range(0, n, opts.batch_size), desc=what, disable=not opts.progress)  # noqa: E731
+    if want & {"fid", "kid"}:
+        size = open_rgb(files[0]).size[0]
+        fake = M.extract_features(feature_extractor, (torch.stack([uint8_tensor(open_rgb(p)) for p in
+                                                                   files[i:i + opts.batch_size]])
+                                                      for i in bar(len(files), "inception (generated)")), device)
+        real = M.extract_features(feature_extractor, (torch.stack([real_uint8(p, size) for p in
+                                                                   reals[i:i + opts.batch_size]])
+                                                      for i in bar(len(reals), "inception (real)")), device)
+        out.update(M.fid_kid(real, fake, "fid" in want, "kid" in want, opts.kid_subsets, opts.kid_subset_size))
+
+    if want & {"ap", "mig"}:
         dets, sizes = [], []
-        for i in tqdm(range(0, len(files), opts.batch_size), desc="detect", disable=not opts.progress):
+        for i in bar(len(files), "detect"):
             images = [open_rgb(p) for p in files[i:i + opts.batch_size]]
             queries = [s["entry"].get("phrases") or [] for s in samples[i:i + opts.batch_size]]
             dets += detector.detect(images, queries)
             sizes += [im.size for im in images]
-        if "ap" in opts.metrics:
+        if "ap" in want:
             out.update(M.detection_ap(samples, dets, sizes, categories, detector.closed_set))
-        if "mig" in opts.metrics:
+        if "mig" in want:
             out.update(M.mig_scores(samples, dets, sizes, categories, detector.closed_set, opts.mig_iou,
                                     opts.mig_score_threshold))
 
-    if "clip" in opts.metrics:
-        if clip_features is None:
-            from ldm.modules.encoders.clip_features import CLIPGroundingFeatures
-
-            from .weights import hf_pretrained
-
-            clip_features = hf_pretrained(lambda r: CLIPGroundingFeatures(r, device=device), opts.clip, "CLIP score")
-        per_image = []
-        for i in tqdm(range(0, len(files), opts.batch_size), desc="clip", disable=not opts.progress):
-            per_image.append(M.clip_scores(clip_features, [open_rgb(p) for p in files[i:i + opts.batch_size]],
-                                           [s["entry"]["prompt"] for s in samples[i:i + opts.batch_size]]))
+    if "clip" in want:
+        per_image = [M.clip_scores(clip_features, [open_rgb(p) for p in files[i:i + opts.batch_size]],
+                                   [s["entry"]["prompt"] for s in samples[i:i + opts.batch_size]])
+                     for i in bar(len(files), "clip")]
         out["CLIP"] = float(torch.cat(per_image).mean())
 
     settings = {k: v for k, v in asdict(opts).items() if k != "progress"}
