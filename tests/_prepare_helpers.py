@@ -1,0 +1,62 @@
+"""Tiny random-weight annotator models for the ``prepare_data.py`` tests, built from transformers
+configs and saved like downloaded models (``save_pretrained``); nothing is downloaded."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+WORDS = ["a", "the", "red", "blue", "green", "square", "circle", "dog", "cat", "and", "on", "next", "to", "grass"]
+
+
+def _bert_vocab(folder: str) -> str:
+    path = os.path.join(folder, "vocab.txt")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    return path
+
+
+def write_tiny_captioner(folder: str, seed: int = 0) -> str:
+    """BLIP captioner (vision 32 px, 1 layer, width 16) with a 19-word BERT vocabulary."""
+    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+
+    os.makedirs(folder, exist_ok=True)
+    tok = BertTokenizer(_bert_vocab(folder))
+    cfg = BlipConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=32, bos_token_id=2, sep_token_id=3,
+                         pad_token_id=0, eos_token_id=3),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16)
+    torch.manual_seed(seed)
+    BlipForConditionalGeneration(cfg).save_pretrained(folder)
+    BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok).save_pretrained(folder)
+    return folder
+
+
+def write_tiny_detector(folder: str, seed: int = 0) -> str:
+    """OWLv2 (vision 32 px / patch 8 -> 16 boxes, text width 16) with the CLIP BPE tokenizer."""
+    from transformers import CLIPTokenizer, Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
+
+    from ldm.modules.encoders.clip_tokenizer import build_clip_tokenizer
+
+    os.makedirs(folder, exist_ok=True)
+    build_clip_tokenizer().save_pretrained(folder)
+    tok = CLIPTokenizer.from_pretrained(folder)
+    cfg = Owlv2Config(
+        text_config=dict(vocab_size=49408, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=49406,
+                         eos_token_id=49407, pad_token_id=0),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16)
+    torch.manual_seed(seed)
+    model = Owlv2ForObjectDetection(cfg)
+    with torch.no_grad():  # boxes = the patch grid prior (8x8 px at 32 px), so they are usable boxes
+        model.box_head.dense2.weight.zero_()
+        model.box_head.dense2.bias.zero_()
+    model.save_pretrained(folder)
+    Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 32, "width": 32}),
+                   tokenizer=tok).save_pretrained(folder)
+    return folder
