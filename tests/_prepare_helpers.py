@@ -60,3 +60,42 @@ def write_tiny_detector(folder: str, seed: int = 0) -> str:
     Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 32, "width": 32}),
                    tokenizer=tok).save_pretrained(folder)
     return folder
+
+
+def write_tiny_depth(folder: str, seed: int = 0) -> str:
+    """DPT depth model (ViT 32 px, 1 layer)."""
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    cfg = DPTConfig(hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32, image_size=32,
+                    patch_size=8, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 8, 8, 8],
+                    fusion_hidden_size=8, head_hidden_size=8, reassemble_factors=[4, 2, 1, 0.5])
+    torch.manual_seed(seed)
+    DPTForDepthEstimation(cfg).save_pretrained(folder)
+    DPTImageProcessor(size={"height": 32, "width": 32}, keep_aspect_ratio=False).save_pretrained(folder)
+    return folder
+
+
+def write_tiny_segmenter(folder: str, seed: int = 0) -> str:
+    """SegFormer with the 150 ADE20K classes (widths 8-16)."""
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+
+    cfg = SegformerConfig(num_labels=150, num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16],
+                          patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[2, 2],
+                          decoder_hidden_size=16)
+    torch.manual_seed(seed)
+    SegformerForSemanticSegmentation(cfg).save_pretrained(folder)
+    SegformerImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+def write_tiny_pose(folder: str, seed: int = 0) -> str:
+    """ViTPose (COCO 17 keypoints) on 32x24 person crops."""
+    from transformers import VitPoseBackboneConfig, VitPoseConfig, VitPoseForPoseEstimation, VitPoseImageProcessor
+
+    backbone = VitPoseBackboneConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2,
+                                     image_size=[32, 24], patch_size=[8, 8], out_indices=[1])
+    cfg = VitPoseConfig(backbone_config=backbone, num_labels=17, scale_factor=4, use_simple_decoder=True)
+    torch.manual_seed(seed)
+    VitPoseForPoseEstimation(cfg).save_pretrained(folder)
+    VitPoseImageProcessor(size={"height": 32, "width": 24}).save_pretrained(folder)
+    return folder
