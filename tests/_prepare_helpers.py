@@ -99,3 +99,25 @@ def write_tiny_pose(folder: str, seed: int = 0) -> str:
     VitPoseForPoseEstimation(cfg).save_pretrained(folder)
     VitPoseImageProcessor(size={"height": 32, "width": 24}).save_pretrained(folder)
     return folder
+
+
+def write_tiny_grounding_dino(folder: str, seed: int = 0) -> str:
+    """Grounding DINO (Swin 2 stages, d_model 32, 10 queries) with the BERT vocabulary above."""
+    from transformers import (BertConfig, BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection,
+                              GroundingDinoImageProcessor, GroundingDinoProcessor, SwinConfig)
+
+    os.makedirs(folder, exist_ok=True)
+    tok = BertTokenizer(_bert_vocab(folder))
+    cfg = GroundingDinoConfig(
+        backbone_config=SwinConfig(image_size=32, patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[1, 1],
+                                   window_size=2, out_features=["stage1", "stage2"]),
+        text_config=BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32, max_position_embeddings=64),
+        d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=10, num_feature_levels=2, encoder_n_points=1,
+        decoder_n_points=1, max_text_len=32, use_timm_backbone=False)
+    torch.manual_seed(seed)
+    GroundingDinoForObjectDetection(cfg).save_pretrained(folder)
+    GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(size={"shortest_edge": 32, "longest_edge": 48}),
+                           tokenizer=tok).save_pretrained(folder)
+    return folder

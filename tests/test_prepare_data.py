@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _prepare_helpers import (write_tiny_captioner, write_tiny_depth, write_tiny_detector, write_tiny_pose,  # noqa: E402
-                              write_tiny_segmenter)
+from _prepare_helpers import (write_tiny_captioner, write_tiny_depth, write_tiny_detector,  # noqa: E402
+                              write_tiny_grounding_dino, write_tiny_pose, write_tiny_segmenter)
 from _train_helpers import REPO, run_env  # noqa: E402
 
 from DATA.prepare.inputs import InputError, read_annotations, read_captions  # noqa: E402
@@ -210,6 +210,11 @@ def test_crash_inside_a_shard_then_rerun_gives_the_same_files(reference, images,
     assert [k for k in want if got[k] != want[k]] == []
     assert main(_argv(images, models, out)) == 0  # nothing left to do: same files again
     assert _files(out) == want
+    os.rename(os.path.join(images["dir"], "img3.png"), os.path.join(images["dir"], "img3b.png"))
+    try:  # the folder changed under finished shards: refused, not silently mixed
+        assert main(_argv(images, models, out)) == 2
+    finally:
+        os.rename(os.path.join(images["dir"], "img3b.png"), os.path.join(images["dir"], "img3.png"))
 
 
 # ----------------------------------------------------------------------------- errors
@@ -248,6 +253,20 @@ def test_preview_draws_annotations(images, models, tmp_path):
     assert not (out / "tsv").exists()
     orig = np.asarray(Image.open(os.path.join(images["dir"], "img0.png")).convert("RGB"))
     assert (np.asarray(im)[:40, :48] != orig).any()  # boxes drawn
+
+
+def test_grounding_dino_detector(tmp_path):
+    from DATA.prepare.annotators import Detector, _match_phrase
+
+    detector = Detector.from_pretrained(write_tiny_grounding_dino(str(tmp_path / "gd")), threshold=0.0,
+                                        text_threshold=0.0)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    dets = detector(image, ["a red square", "the dog"])
+    assert dets and all(lab in (0, 1) for lab, _, _ in dets)
+    scores = [s for _, s, _ in dets]
+    assert scores == sorted(scores, reverse=True)
+    assert all(0 <= x0 < x1 <= 48 and 0 <= y0 < y1 <= 40 for _, _, (x0, y0, x1, y1) in dets)
+    assert _match_phrase("red square", ["a dog", "a red square"]) == 1 and _match_phrase("cat", ["a dog"]) is None
 
 
 def test_caption_phrases():

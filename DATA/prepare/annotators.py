@@ -109,7 +109,7 @@ class Detector:
             res = self.processor.post_process_grounded_object_detection(
                 self.model(**inputs), inputs["input_ids"], threshold=self.threshold,
                 text_threshold=self.text_threshold, target_sizes=[(H, W)])[0]
-            names = res.get("text_labels", res.get("labels"))
+            names = res["text_labels"] if "text_labels" in res else res["labels"]
             labels = [_match_phrase(str(n), phrases) for n in names]
         else:  # OWLv2 / OWL-ViT: one query per phrase
             inputs = _to_device(self.processor(text=[phrases], images=image, return_tensors="pt"), self.device)

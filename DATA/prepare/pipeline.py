@@ -39,6 +39,7 @@ from PIL import Image
 from .annotators import (DEFAULT_CAPTIONER, DEFAULT_DEPTH, DEFAULT_DETECTOR, DEFAULT_POSE, DEFAULT_SEMANTIC,
                          CannyMap, Captioner, DepthMap, Detector, PoseEstimator, SemanticMap, normal_from_depth)
 from .inputs import InputError, list_images, read_annotations, read_captions
+from .outputs import TSV_FIELDS, _model_ref, dataset_entries, summarize, write_map_files, yaml_text
 from .phrases import caption_phrases
 from .shards import Manifest, atomic_write_json, shard_name
 
@@ -50,10 +51,6 @@ UNAVAILABLE_MAPS = {"hed": "HED edges need an HED annotator, which transformers 
 CRASH_ENV = "GLIGEN_PREPARE_CRASH_IN_SHARD"
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 PERSON_QUERY = "a person"
-TSV_FIELDS = {"canny": "canny_edge", "depth": "depth"}
-DATASET_CLASSES = {"canny": "dataset.dataset_canny.CannyDataset", "depth": "dataset.dataset_depth.DepthDataset",
-                   "sem": "dataset.dataset_sem.SemanticDataset", "normal": "dataset.dataset_normal.NormalDataset",
-                   "keypoints": "dataset.dataset_kp.KeypointDataset"}
 
 
 @dataclass
@@ -104,11 +101,6 @@ RUNTIME_KEYS = ("out", "batch_size", "device", "image_size", "name", "overwrite"
 
 def _abs(path):
     return None if path is None else os.path.abspath(os.path.expanduser(path))
-
-
-def _model_ref(name: str) -> str:
-    """A local folder as an absolute path (so the manifest and dataset.yaml do not depend on the cwd)."""
-    return os.path.abspath(name) if os.path.isdir(name) else name
 
 
 # ----------------------------------------------------------------------------- models
@@ -216,9 +208,10 @@ def _big_enough(bbox, W: int, H: int, min_box_size: float) -> bool:
     return w > 0 and h > 0 and w * h >= min_box_size * W * H
 
 
-def annotate(loaded: list, opts: Options, models: Models, sources: Sources, stats: dict) -> list[dict]:
+def annotate(loaded: list, opts: Options, models: Models, sources: Sources, stats: dict, tick=None) -> list[dict]:
     """``loaded``: ``[(data_id, rel_path, PIL image)]`` -> kept entries (simple annotation format of
-    ``make_tsv.py`` plus ``image``, ``maps``, ``persons``); drops are counted in ``stats["dropped"]``."""
+    ``make_tsv.py`` plus ``image``, ``maps``, ``persons``); drops are counted in ``stats["dropped"]``.
+    ``tick()`` is called once per image when its boxes are done (progress)."""
     entries = []
     for data_id, rel, image in loaded:
         entries.append({"data_id": data_id, "file_name": rel, "caption": sources.caption(rel), "image": image,
@@ -230,6 +223,8 @@ def annotate(loaded: list, opts: Options, models: Models, sources: Sources, stat
             e["caption"], e["caption_source"] = cap, "generated"
     kept = []
     for e in entries:
+        if tick is not None:
+            tick()
         if not e["caption"]:
             stats["dropped"].setdefault("no caption", []).append(e["file_name"])
             continue
@@ -288,7 +283,7 @@ def _add_maps(entries: list, opts: Options, models: Models) -> None:
 
 # ----------------------------------------------------------------------------- one shard
 def _write_shard(k: int, rels: list[str], opts: Options, models: Models, sources: Sources, manifest: Manifest,
-                 progress_bar=None) -> dict:
+                 bar) -> dict:
     from dataset.codec import encode_image_b64, encode_row
     from dataset.tsv import TSVWriter
     from DATA.make_tsv import make_tsv
@@ -300,9 +295,10 @@ def _write_shard(k: int, rels: list[str], opts: Options, models: Models, sources
         image = _open(os.path.join(opts.images, rel))
         if image is None:
             stats["dropped"].setdefault("unreadable image", []).append(rel)
+            bar.update(1)
         else:
             loaded.append((k * opts.shard_size + j, rel, image))
-    kept = annotate(loaded, opts, models, sources, stats)
+    kept = annotate(loaded, opts, models, sources, stats, tick=lambda: bar.update(1))
 
     rows = [{"data_id": e["data_id"], "file_name": e["file_name"], "caption": e["caption"],
              "annos": [{kk: v for kk, v in a.items() if kk != "score"} for a in e["annos"]]} for e in kept]
@@ -339,7 +335,7 @@ def _write_shard(k: int, rels: list[str], opts: Options, models: Models, sources
     shutil.rmtree(tmp, ignore_errors=True)
 
     record = {
-        "shard": name, "images": len(rels), "rows": len(kept), "boxes_dropped": stats["boxes_dropped"],
+        "shard": name, "images": len(rels), "files": rels, "rows": len(kept), "boxes_dropped": stats["boxes_dropped"],
         "dropped": stats["dropped"],
         "kept": [{"data_id": e["data_id"], "file_name": e["file_name"], "caption": e["caption"],
                   "caption_source": e["caption_source"], "box_source": e["box_source"], "boxes": len(e["annos"]),
@@ -348,106 +344,6 @@ def _write_shard(k: int, rels: list[str], opts: Options, models: Models, sources
     }
     manifest.commit(name, record)
     return record
-
-
-# ----------------------------------------------------------------------------- finishing
-def _dataset_entries(opts: Options, records: list[dict], clip_dim: int | None) -> dict:
-    """``dataset.yaml`` content: box entries (``train_dataset_names``) and one section per map."""
-    root = opts.out
-    prefix = opts.name or os.path.basename(os.path.normpath(root)) or "mydata"
-    shards = [r["shard"] for r in records if r["rows"]]
-    boxes = {}
-    for s in shards:
-        params = {"tsv_path": os.path.join(root, "tsv", s + ".tsv"), "which_layer_text": "before",
-                  "which_layer_image": "after_reproject", "clip_version": _model_ref(opts.clip),
-                  "image_size": opts.image_size, "max_boxes_per_data": 30, "prob_use_caption": 0.5,
-                  "random_crop": False, "random_flip": True}
-        if clip_dim is not None:
-            params["embedding_len"] = clip_dim
-        boxes[f"{prefix}_{s}"] = {"target": "dataset.tsv_dataset.TSVDataset", "params": params}
-    out = {"train_dataset_names": boxes}
-    for m in opts.maps:
-        entries = {}
-        common = {"prob_use_caption": 1, "image_size": opts.image_size, "random_flip": True}
-        if m in TSV_FIELDS:
-            for s in shards:
-                entries[f"{prefix}_{m}_{s}"] = {"target": DATASET_CLASSES[m], "params": {
-                    "tsv_path": os.path.join(root, "tsv", s + ".tsv"),
-                    f"{m}_tsv_path": os.path.join(root, f"tsv_{m}", s + ".tsv"), **common}}
-        elif m == "sem":
-            entries[f"{prefix}_sem"] = {"target": DATASET_CLASSES[m], "params": {
-                "image_rootdir": os.path.join(root, "sem", "images"), "sem_rootdir": os.path.join(root, "sem", "labels"),
-                "caption_path": os.path.join(root, "sem", "captions.json"), **common}}
-        elif m == "normal":
-            entries[f"{prefix}_normal"] = {"target": DATASET_CLASSES[m], "params": {
-                "image_rootdir": os.path.join(root, "normal", "images"),
-                "normal_rootdir": os.path.join(root, "normal", "normals"),
-                "caption_path": os.path.join(root, "normal", "captions.json"), **common}}
-        elif m == "keypoints":
-            entries[f"{prefix}_keypoints"] = {"target": DATASET_CLASSES[m], "params": {
-                "image_root": opts.images,
-                "keypoints_json_path": os.path.join(root, "keypoints", "person_keypoints.json"),
-                "caption_json_path": os.path.join(root, "keypoints", "captions.json"), "prob_real_caption": 1,
-                "image_size": opts.image_size, "max_persons_per_image": 8, "random_flip": True}}
-        out[m] = {"train_dataset_names": entries}
-    return out
-
-
-def _write_map_files(opts: Options, records: list[dict]) -> None:
-    kept = [e for r in records for e in r["kept"]]
-    for m, ext in (("sem", "jpg"), ("normal", "png")):
-        if m in opts.maps:
-            atomic_write_json(os.path.join(opts.out, m, "captions.json"),
-                              {f"{e['data_id']}.{ext}": e["caption"] for e in kept})
-    if "keypoints" in opts.maps:
-        images = [{"id": e["data_id"], "file_name": e["file_name"], "width": e["width"], "height": e["height"]}
-                  for e in kept]
-        annos, caps = [], []
-        for e in kept:
-            for p in e.get("persons", []):
-                annos.append({"id": len(annos), "image_id": e["data_id"], "category_id": 1, **p})
-            caps.append({"id": len(caps), "image_id": e["data_id"], "caption": e["caption"]})
-        kp_dir = os.path.join(opts.out, "keypoints")
-        atomic_write_json(os.path.join(kp_dir, "person_keypoints.json"), {
-            "images": images, "annotations": annos, "categories": [{"id": 1, "name": "person"}]})
-        atomic_write_json(os.path.join(kp_dir, "captions.json"), {"images": images, "annotations": caps})
-
-
-def summarize(records: list[dict], n_images: int, opts: Options) -> dict:
-    kept = [e for r in records for e in r["kept"]]
-    counts = [e["boxes"] for e in kept]
-    dropped: dict = {}
-    for r in records:
-        for reason, files in r["dropped"].items():
-            dropped.setdefault(reason, []).extend(files)
-    hist: dict = {}
-    for c in counts:
-        hist[str(c)] = hist.get(str(c), 0) + 1
-    out = {
-        "images_found": n_images, "rows": len(kept), "shards": len(records), "boxes": sum(counts),
-        "boxes_per_image": {"mean": round(sum(counts) / len(counts), 3) if counts else 0,
-                            "min": min(counts, default=0), "max": max(counts, default=0),
-                            "histogram": dict(sorted(hist.items(), key=lambda kv: int(kv[0])))},
-        "boxes_dropped_too_small": sum(r["boxes_dropped"] for r in records),
-        "captions": {s: sum(e["caption_source"] == s for e in kept) for s in ("given", "generated")},
-        "box_sources": {s: sum(e["box_source"] == s for e in kept) for s in ("given", "detected")},
-        "images_dropped": {reason: len(files) for reason, files in sorted(dropped.items())},
-        "dropped_files": {reason: sorted(files)[:50] for reason, files in sorted(dropped.items())},
-        "maps": list(opts.maps),
-    }
-    if "keypoints" in opts.maps:
-        out["persons"] = sum(len(e.get("persons", [])) for e in kept)
-    return out
-
-
-def _yaml_text(entries: dict, opts: Options) -> str:
-    from omegaconf import OmegaConf
-
-    head = ("# Written by DATA/prepare_data.py. Paste `train_dataset_names` (boxes) into a training config\n"
-            "# (e.g. a copy of configs/flickr_text.yaml), or a map section's `train_dataset_names` into the\n"
-            "# matching config (cc3m_canny.yaml, cc3m_depth.yaml, ade_sem.yaml, diode_normal.yaml, coco2017K.yaml).\n"
-            "# Paths are absolute; `image_size` is the training resolution (--image_size).\n")
-    return head + OmegaConf.to_yaml(OmegaConf.create(entries))
 
 
 def run(opts: Options) -> dict:
@@ -471,6 +367,7 @@ def run(opts: Options) -> dict:
                       read_annotations(opts.annotations) if opts.annotations else None)
     manifest = Manifest(opts.out, opts.settings(), overwrite=opts.overwrite)
     shards = [images[i:i + opts.shard_size] for i in range(0, len(images), opts.shard_size)]
+    _check_finished_shards(manifest, shards, opts.images)
     todo = [k for k in range(len(shards)) if not manifest.done(shard_name(k))]
     if todo:
         rest = [rel for k in todo for rel in shards[k]]
@@ -480,20 +377,33 @@ def run(opts: Options) -> dict:
         with tqdm(total=len(images), desc="prepare_data", unit="img", disable=not opts.progress) as bar:
             for k, rels in enumerate(shards):
                 if k in todo:
-                    _write_shard(k, rels, opts, models, sources, manifest)
-                bar.update(len(rels))
+                    _write_shard(k, rels, opts, models, sources, manifest, bar)
+                else:
+                    bar.update(len(rels))
     else:
         clip_dim = None
     records = [manifest.record(shard_name(k)) for k in range(len(shards))]
     if clip_dim is None:
         clip_dim = _clip_text_dim(opts.clip)
-    _write_map_files(opts, records)
+    write_map_files(opts, records)
     with open(os.path.join(opts.out, "dataset.yaml.tmp"), "w", encoding="utf-8") as f:
-        f.write(_yaml_text(_dataset_entries(opts, records, clip_dim), opts))
+        f.write(yaml_text(dataset_entries(opts, records, clip_dim)))
     os.replace(os.path.join(opts.out, "dataset.yaml.tmp"), os.path.join(opts.out, "dataset.yaml"))
     summary = summarize(records, len(images), opts)
     atomic_write_json(os.path.join(opts.out, "summary.json"), summary)
     return summary
+
+
+def _check_finished_shards(manifest: Manifest, shards: list, images_dir: str) -> None:
+    """Finished shards must hold the same images as now (the folder must not have changed)."""
+    k = len(shards)
+    if manifest.done(shard_name(k)):  # the folder lost images: more shards than now
+        raise InputError(f"{images_dir} has fewer images than when {manifest.root} was made (shard "
+                         f"{shard_name(k)} exists): use another --out or --overwrite")
+    for k, rels in enumerate(shards):
+        if manifest.done(shard_name(k)) and manifest.record(shard_name(k)).get("files") != rels:
+            raise InputError(f"the images in {images_dir} changed since shard {shard_name(k)} was written: "
+                             f"use another --out or --overwrite")
 
 
 def _clip_text_dim(clip: str):
