@@ -95,6 +95,12 @@ def _print_summary(s: dict, out: str) -> None:
 def main(argv=None) -> int:
     try:
         opts, n_preview = parse_args(argv)
+        if not opts.progress:  # also the libraries' own bars (weight loading, downloads)
+            from huggingface_hub.utils import disable_progress_bars
+            from transformers.utils import logging as hf_logging
+
+            disable_progress_bars()
+            hf_logging.disable_progress_bar()
         if n_preview:
             from DATA.prepare.preview import preview
 
@@ -112,6 +118,10 @@ def main(argv=None) -> int:
         print("error: interrupted (finished shards are kept; rerun the same command to continue)", file=sys.stderr)
         return 130
     _print_summary(summary, os.path.abspath(opts.out))
+    if not summary["rows"]:
+        reasons = ", ".join(f"{n} {r}" for r, n in summary["images_dropped"].items())
+        print(f"error: no image was kept ({reasons}); see the --preview drawings and summary.json", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -269,6 +269,38 @@ def test_grounding_dino_detector(tmp_path):
     assert _match_phrase("red square", ["a dog", "a red square"]) == 1 and _match_phrase("cat", ["a dog"]) is None
 
 
+def test_given_boxes_and_txt_captions_then_preview_folder_reused(images, models, tmp_path, capsys):
+    from dataset.codec import decode_row
+    from dataset.tsv import TSVFile
+
+    caps = tmp_path / "caps"
+    caps.mkdir()
+    (caps / "img0.txt").write_text("a teddy bear on a table\n")
+    inst = {"images": [{"id": 9, "file_name": "img0.png"}, {"id": 10, "file_name": "img2.png"}],
+            "annotations": [{"id": 1, "image_id": 9, "bbox": [2, 3, 20, 10], "category_id": 5},
+                            {"id": 2, "image_id": 9, "bbox": [0, 0, 0.1, 0.1], "category_id": 5}],  # too small
+            "categories": [{"id": 5, "name": "teddy bear"}]}
+    (tmp_path / "inst.json").write_text(json.dumps(inst))
+    out = tmp_path / "root"
+    argv = ["--images", images["dir"], "--out", str(out), "--captions", str(caps), "--annotations",
+            str(tmp_path / "inst.json"), "--captioner", models["captioner"], "--detector", models["detector"],
+            "--clip", models["clip"], "--device", "cpu", "--no-progress", "--box_threshold", "0.0"]
+    assert main(argv + ["--preview", "1"]) == 0 and os.listdir(out) == ["preview"]
+    assert main(argv) == 0  # a ROOT holding only previews is ours
+    s = json.loads((out / "summary.json").read_text())
+    assert s["box_sources"] == {"given": 1, "detected": 4} and s["captions"] == {"given": 1, "generated": 4}  # of the rows written
+    assert s["images_dropped"] == {"no box": 1, "unreadable image": 1}  # img2 is annotated with no boxes
+    assert s["dropped_files"]["no box"] == ["img2.png"] and s["boxes_dropped_too_small"] >= 1
+    row = decode_row(TSVFile(str(out / "tsv" / "train-00000.tsv"))[0])
+    assert row["caption"] == "a teddy bear on a table"
+    assert [(a["bbox"], a["tokens_positive"]) for a in row["annos"]] == [([2, 3, 20, 10], [[2, 12]])]
+    capsys.readouterr()
+    err = _error_line(capsys, ["--images", images["dir"], "--out", str(tmp_path / "none"), "--captions", str(caps),
+                               "--captioner", models["captioner"], "--detector", models["detector"], "--clip",
+                               models["clip"], "--device", "cpu", "--no-progress", "--box_threshold", "2.0"])
+    assert "no image was kept" in err and "no box above threshold 2.0" in err
+
+
 def test_caption_phrases():
     assert caption_phrases("a man riding a horse next to a red car") == [
         ("a man", [[0, 5]]), ("a horse", [[13, 20]]), ("a red car", [[29, 38]])]

@@ -15,6 +15,7 @@ __all__ = ["shard_name", "atomic_write_json", "read_json", "Manifest"]
 
 MANIFEST = "manifest.json"
 RECORDS = "shards"
+PREVIEW = "preview"  # written by --preview before the first run
 
 
 def shard_name(k: int) -> str:
@@ -52,7 +53,7 @@ class Manifest:
                 diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
                 raise InputError(f"{root} was made with other settings ({', '.join(diff)} differ): use another "
                                  f"--out, the same settings, or --overwrite to start over")
-        elif os.path.isdir(root) and os.listdir(root):
+        elif os.path.isdir(root) and set(os.listdir(root)) - {PREVIEW}:
             raise InputError(f"--out {root} exists and is not an output of prepare_data.py (no {MANIFEST})")
         os.makedirs(os.path.join(root, RECORDS), exist_ok=True)
         atomic_write_json(path, settings)
