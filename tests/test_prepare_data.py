@@ -255,6 +255,18 @@ def test_preview_draws_annotations(images, models, tmp_path):
     assert (np.asarray(im)[:40, :48] != orig).any()  # boxes drawn
 
 
+def test_semantic_map_of_a_large_image_is_upsampled_as_labels(models):
+    from DATA.prepare.annotators import SemanticMap
+
+    seg = SemanticMap.from_pretrained(models["sem"])
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    full = np.asarray(seg([image])[0])
+    seg.max_side = 24  # logits at 24x20, labels resized (nearest) to the image
+    small = np.asarray(seg([image])[0])
+    assert small.shape == full.shape == (40, 48)
+    assert set(np.unique(small)) <= set(range(1, 151)) and (small == full).mean() > 0.3
+
+
 def test_grounding_dino_detector(tmp_path):
     from DATA.prepare.annotators import Detector, _match_phrase
 

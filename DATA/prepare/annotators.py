@@ -174,12 +174,20 @@ class _DenseModel:
         model = load_pretrained(getattr(transformers, cls.auto_class), name, cls.what, cls.flag)
         return cls(model, processor, device)
 
+    #: outputs are upsampled to the image size, but at most this long side (then resized by the caller)
+    max_side = None
+
     @torch.no_grad()
     def _run(self, images: list[Image.Image]) -> list[torch.Tensor]:
         inputs = _to_device(self.processor(images=images, return_tensors="pt"), self.device)
         out = self._raw(self.model(**inputs))  # (B, C, h, w)
-        return [torch.nn.functional.interpolate(out[i:i + 1].float(), size=(im.height, im.width), mode="bilinear",
-                                                align_corners=False)[0].cpu() for i, im in enumerate(images)]
+        maps = []
+        for i, im in enumerate(images):
+            scale = min(1.0, self.max_side / max(im.size)) if self.max_side else 1.0
+            size = (max(1, round(im.height * scale)), max(1, round(im.width * scale)))
+            maps.append(torch.nn.functional.interpolate(out[i:i + 1].float(), size=size, mode="bilinear",
+                                                        align_corners=False)[0].cpu())
+        return maps
 
 
 class DepthMap(_DenseModel):
@@ -213,12 +221,15 @@ class SemanticMap(_DenseModel):
             raise InputError(f"semantic model predicts {model.config.num_labels} classes; an ADE20K model "
                              f"(150 classes) is needed")
 
+    max_side = 1024  # 150 logit planes at full size of a large photo would need gigabytes
+
     @staticmethod
     def _raw(out):
         return out.logits
 
     def __call__(self, images: list[Image.Image]) -> list[Image.Image]:
-        return [Image.fromarray((logits.argmax(0) + 1).numpy().astype(np.uint8)) for logits in self._run(images)]
+        labels = [Image.fromarray((logits.argmax(0) + 1).numpy().astype(np.uint8)) for logits in self._run(images)]
+        return [lab if lab.size == im.size else lab.resize(im.size, Image.NEAREST) for lab, im in zip(labels, images)]
 
 
 def normal_from_depth(depth: Image.Image, background: float = 0.1) -> np.ndarray:

@@ -7,7 +7,7 @@ import os
 
 from .shards import atomic_write_json
 
-__all__ = ["DATASET_CLASSES", "dataset_entries", "write_map_files", "summarize", "yaml_text"]
+__all__ = ["DATASET_CLASSES", "TSV_FIELDS", "dataset_entries", "model_ref", "write_map_files", "summarize", "yaml_text"]
 
 TSV_FIELDS = {"canny": "canny_edge", "depth": "depth"}
 DATASET_CLASSES = {"canny": "dataset.dataset_canny.CannyDataset", "depth": "dataset.dataset_depth.DepthDataset",
@@ -15,7 +15,7 @@ DATASET_CLASSES = {"canny": "dataset.dataset_canny.CannyDataset", "depth": "data
                    "keypoints": "dataset.dataset_kp.KeypointDataset"}
 
 
-def _model_ref(name: str) -> str:
+def model_ref(name: str) -> str:
     """A local folder as an absolute path (so the manifest and dataset.yaml do not depend on the cwd)."""
     return os.path.abspath(name) if os.path.isdir(name) else name
 
@@ -28,7 +28,7 @@ def dataset_entries(opts, records: list[dict], clip_dim: int | None) -> dict:
     boxes = {}
     for s in shards:
         params = {"tsv_path": os.path.join(root, "tsv", s + ".tsv"), "which_layer_text": "before",
-                  "which_layer_image": "after_reproject", "clip_version": _model_ref(opts.clip),
+                  "which_layer_image": "after_reproject", "clip_version": model_ref(opts.clip),
                   "image_size": opts.image_size, "max_boxes_per_data": 30, "prob_use_caption": 0.5,
                   "random_crop": False, "random_flip": True}
         if clip_dim is not None:

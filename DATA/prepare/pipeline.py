@@ -28,7 +28,6 @@ Output layout::
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from PIL import Image
 from .annotators import (DEFAULT_CAPTIONER, DEFAULT_DEPTH, DEFAULT_DETECTOR, DEFAULT_POSE, DEFAULT_SEMANTIC,
                          CannyMap, Captioner, DepthMap, Detector, PoseEstimator, SemanticMap, normal_from_depth)
 from .inputs import InputError, list_images, read_annotations, read_captions
-from .outputs import TSV_FIELDS, _model_ref, dataset_entries, summarize, write_map_files, yaml_text
+from .outputs import TSV_FIELDS, dataset_entries, model_ref, summarize, write_map_files, yaml_text
 from .phrases import caption_phrases
 from .shards import Manifest, atomic_write_json, shard_name
 
@@ -352,9 +351,9 @@ def run(opts: Options) -> dict:
 
     opts = dataclasses.replace(opts, images=_abs(opts.images), out=_abs(opts.out), captions=_abs(opts.captions),
                                annotations=_abs(opts.annotations), maps=tuple(opts.maps),
-                               captioner=_model_ref(opts.captioner), detector=_model_ref(opts.detector),
-                               clip=_model_ref(opts.clip), depth_model=_model_ref(opts.depth_model),
-                               sem_model=_model_ref(opts.sem_model), pose_model=_model_ref(opts.pose_model))
+                               captioner=model_ref(opts.captioner), detector=model_ref(opts.detector),
+                               clip=model_ref(opts.clip), depth_model=model_ref(opts.depth_model),
+                               sem_model=model_ref(opts.sem_model), pose_model=model_ref(opts.pose_model))
     for m in opts.maps:
         if m in UNAVAILABLE_MAPS:
             raise InputError(f"--maps {m}: {UNAVAILABLE_MAPS[m]}")
