@@ -232,6 +232,9 @@ def test_one_line_errors(tmp_path, images, models, reference, capsys):
     err = _error_line(capsys, ["--images", images["dir"], "--out", str(tmp_path / "o2"), "--captioner",
                                "gligen-tests/not-a-cached-captioner", "--no-progress"])
     assert "'gligen-tests/not-a-cached-captioner'" in err and "hf download" in err
+    assert not (tmp_path / "o2").exists()  # nothing written: a corrected rerun is not refused
+    assert "--device must be" in _error_line(capsys, ["--images", images["dir"], "--out", str(tmp_path / "o4"),
+                                                      "--device", "tpu"])
     assert "HED" in _error_line(capsys, ["--images", images["dir"], "--out", str(tmp_path / "o3"), "--maps", "hed"])
     # rerun into the reference ROOT with another threshold: refused, nothing changed
     before = _files(reference)

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from ldm.modules.encoders.clip_features import DEFAULT_CLIP_VERSION as DEFAULT_CLIP
+
 from .annotators import (DEFAULT_CAPTIONER, DEFAULT_DEPTH, DEFAULT_DETECTOR, DEFAULT_POSE, DEFAULT_SEMANTIC,
                          CannyMap, Captioner, DepthMap, Detector, PoseEstimator, SemanticMap, normal_from_depth)
 from .inputs import InputError, list_images, read_annotations, read_captions
@@ -42,13 +44,12 @@ from .outputs import TSV_FIELDS, dataset_entries, model_ref, summarize, write_ma
 from .phrases import caption_phrases
 from .shards import Manifest, atomic_write_json, shard_name
 
-__all__ = ["Options", "MAPS", "run", "annotate", "load_models", "CRASH_ENV"]
+__all__ = ["Options", "MAPS", "run", "annotate", "load_models", "read_image", "CRASH_ENV", "DEFAULT_CLIP"]
 
 MAPS = ("canny", "depth", "normal", "sem", "keypoints")
 UNAVAILABLE_MAPS = {"hed": "HED edges need an HED annotator, which transformers does not provide; use canny"}
 #: test hook: exit hard (no clean-up) in the middle of this shard, after its box TSV is written
 CRASH_ENV = "GLIGEN_PREPARE_CRASH_IN_SHARD"
-DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 PERSON_QUERY = "a person"
 
 
@@ -120,7 +121,10 @@ def load_models(opts: Options, need_captioner: bool, need_detector: bool, need_c
 
     from ldm.devices import resolve_device
 
-    device = resolve_device(opts.device)
+    try:
+        device = resolve_device(opts.device)
+    except ValueError as e:
+        raise InputError(str(e)) from e
     m = Models()
     if need_captioner:
         m.captioner = Captioner.from_pretrained(opts.captioner, device, max_new_tokens=opts.max_new_tokens)
@@ -167,7 +171,8 @@ class Sources:
         return self.annotations.get(rel) if self.annotations is not None else None
 
 
-def _open(path: str):
+def read_image(path: str):
+    """Fully loaded RGB image, or None if the file cannot be read as an image."""
     try:
         with Image.open(path) as im:
             im.load()
@@ -291,7 +296,7 @@ def _write_shard(k: int, rels: list[str], opts: Options, models: Models, sources
     stats = {"images": len(rels), "dropped": {}, "boxes_dropped": 0}
     loaded = []
     for j, rel in enumerate(rels):
-        image = _open(os.path.join(opts.images, rel))
+        image = read_image(os.path.join(opts.images, rel))
         if image is None:
             stats["dropped"].setdefault("unreadable image", []).append(rel)
             bar.update(1)
@@ -372,6 +377,7 @@ def run(opts: Options) -> dict:
         rest = [rel for k in todo for rel in shards[k]]
         models = load_models(opts, need_captioner=any(not sources.caption(r) for r in rest),
                              need_detector=any(sources.boxes(r) is None for r in rest))
+        manifest.start()
         clip_dim = models.clip.text_dim
         with tqdm(total=len(images), desc="prepare_data", unit="img", disable=not opts.progress) as bar:
             for k, rels in enumerate(shards):

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .inputs import list_images, read_annotations, read_captions
-from .pipeline import Options, Sources, _open, annotate, load_models
+from .pipeline import Options, Sources, annotate, load_models, read_image
 
 __all__ = ["draw", "preview"]
 
@@ -69,7 +69,7 @@ def preview(opts: Options, n: int) -> list[str]:
                       read_annotations(opts.annotations) if opts.annotations else None)
     loaded = []
     for i, rel in enumerate(images):
-        image = _open(os.path.join(opts.images, rel))
+        image = read_image(os.path.join(opts.images, rel))
         if image is not None:
             loaded.append((i, rel, image))
         if len(loaded) == n:

@@ -40,34 +40,45 @@ def read_json(path: str):
 
 
 class Manifest:
-    """Settings and finished-shard records of an output folder ``root``."""
+    """Settings and finished-shard records of an output folder ``root``.
+
+    The constructor only checks (nothing is written, so a failure before :meth:`start`, e.g. a model
+    that cannot be loaded, leaves ``root`` as it was); :meth:`start` writes the settings.
+    """
 
     def __init__(self, root: str, settings: dict, overwrite: bool = False):
-        self.root = root
+        self.root, self.settings, self.overwrite = root, settings, overwrite
         path = os.path.join(root, MANIFEST)
-        if os.path.isfile(path) and overwrite:
-            shutil.rmtree(root)  # only ever a folder this tool made (it has our manifest)
-        elif os.path.isfile(path):
+        self.exists = os.path.isfile(path)
+        if self.exists and not overwrite:
             old = read_json(path)
             if old != settings:
                 diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
                 raise InputError(f"{root} was made with other settings ({', '.join(diff)} differ): use another "
                                  f"--out, the same settings, or --overwrite to start over")
-        elif os.path.isdir(root) and set(os.listdir(root)) - {PREVIEW}:
+        elif not self.exists and os.path.isdir(root) and set(os.listdir(root)) - {PREVIEW}:
             raise InputError(f"--out {root} exists and is not an output of prepare_data.py (no {MANIFEST})")
-        os.makedirs(os.path.join(root, RECORDS), exist_ok=True)
-        atomic_write_json(path, settings)
-        for dirpath, _, files in os.walk(root):  # leftovers of a crashed run
+
+    def start(self) -> None:
+        """Write the settings (after clearing an old output with ``overwrite``) and remove the
+        temporary files of an interrupted run."""
+        if self.exists and self.overwrite:
+            shutil.rmtree(self.root)  # only ever a folder this tool made (it has our manifest)
+            self.exists, self.overwrite = False, False
+        os.makedirs(os.path.join(self.root, RECORDS), exist_ok=True)
+        atomic_write_json(os.path.join(self.root, MANIFEST), self.settings)
+        self.exists = True
+        for dirpath, _, files in os.walk(self.root):  # leftovers of a crashed run
             for name in files:
                 if name.endswith(".tmp"):
                     os.remove(os.path.join(dirpath, name))
-        shutil.rmtree(os.path.join(root, ".tmp"), ignore_errors=True)
+        shutil.rmtree(os.path.join(self.root, ".tmp"), ignore_errors=True)
 
     def record_path(self, shard: str) -> str:
         return os.path.join(self.root, RECORDS, shard + ".json")
 
     def done(self, shard: str) -> bool:
-        return os.path.isfile(self.record_path(shard))
+        return not self.overwrite and os.path.isfile(self.record_path(shard))
 
     def record(self, shard: str):
         return read_json(self.record_path(shard))
