@@ -31,7 +31,8 @@ def write_tiny_captioner(folder: str, seed: int = 0) -> str:
         projection_dim=16)
     torch.manual_seed(seed)
     BlipForConditionalGeneration(cfg).save_pretrained(folder)
-    BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok).save_pretrained(folder)
+    processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok)
+    processor.save_pretrained(folder)
     return folder
 
 

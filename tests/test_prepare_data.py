@@ -158,7 +158,8 @@ def test_maps_content(reference, images):
     edges = np.asarray(decode_image_b64(canny["canny_edge"], "L")).astype(int)
     expected = cv2.Canny(grey, 100, 200).astype(int)
     assert np.abs(edges - expected).mean() < 40  # JPEG in the TSV (as the original's maps)
-    depth = np.asarray(decode_image_b64(decode_row(TSVFile(str(reference / "tsv_depth" / "train-00000.tsv"))[0])["depth"], "L"))
+    depth_row = decode_row(TSVFile(str(reference / "tsv_depth" / "train-00000.tsv"))[0])
+    depth = np.asarray(decode_image_b64(depth_row["depth"], "L"))
     assert depth.shape == (40, 48) and depth.max() > 200 and depth.min() < 50  # min-max scaled
     label = np.asarray(Image.open(reference / "sem" / "labels" / "train-00000" / "1.png"))
     assert label.shape == (40, 48) and label.min() >= 1 and label.max() <= 150
@@ -303,7 +304,8 @@ def test_given_boxes_and_txt_captions_then_preview_folder_reused(images, models,
     assert main(argv + ["--preview", "1"]) == 0 and os.listdir(out) == ["preview"]
     assert main(argv) == 0  # a ROOT holding only previews is ours
     s = json.loads((out / "summary.json").read_text())
-    assert s["box_sources"] == {"given": 1, "detected": 4} and s["captions"] == {"given": 1, "generated": 4}  # of the rows written
+    assert s["box_sources"] == {"given": 1, "detected": 4}
+    assert s["captions"] == {"given": 1, "generated": 4}  # of the rows written
     assert s["images_dropped"] == {"no box": 1, "unreadable image": 1}  # img2 is annotated with no boxes
     assert s["dropped_files"]["no box"] == ["img2.png"] and s["boxes_dropped_too_small"] >= 1
     row = decode_row(TSVFile(str(out / "tsv" / "train-00000.tsv"))[0])

@@ -45,7 +45,8 @@ def dataset_entries(opts, records: list[dict], clip_dim: int | None) -> dict:
                     f"{m}_tsv_path": os.path.join(root, f"tsv_{m}", s + ".tsv"), **common}}
         elif m == "sem":
             entries[f"{prefix}_sem"] = {"target": DATASET_CLASSES[m], "params": {
-                "image_rootdir": os.path.join(root, "sem", "images"), "sem_rootdir": os.path.join(root, "sem", "labels"),
+                "image_rootdir": os.path.join(root, "sem", "images"),
+                "sem_rootdir": os.path.join(root, "sem", "labels"),
                 "caption_path": os.path.join(root, "sem", "captions.json"), **common}}
         elif m == "normal":
             entries[f"{prefix}_normal"] = {"target": DATASET_CLASSES[m], "params": {
