@@ -112,7 +112,8 @@ class Detector:
             names = res["text_labels"] if "text_labels" in res else res["labels"]
             labels = [_match_phrase(str(n), phrases) for n in names]
         else:  # OWLv2 / OWL-ViT: one query per phrase
-            inputs = _to_device(self.processor(text=[phrases], images=image, return_tensors="pt"), self.device)
+            inputs = _to_device(self.processor(text=[phrases], images=image, truncation=True, return_tensors="pt"),
+                                self.device)
             res = self.processor.post_process_grounded_object_detection(
                 self.model(**inputs), threshold=self.threshold, target_sizes=[(H, W)])[0]
             labels = [int(x) for x in res["labels"]]
