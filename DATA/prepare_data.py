@@ -4,12 +4,13 @@ Usage (from the repository root)::
 
     python DATA/prepare_data.py --images my_images/ --out DATA_ROOT/mydata \
         [--captions captions.json|.jsonl|txt_folder/] [--annotations boxes.json] [--phrases "dog,cat"] \
-        [--maps canny,depth,normal,sem,keypoints] [--preview 8] [--device auto]
+        [--maps canny,depth,normal,sem,keypoints] [--config configs/flickr_text.yaml] [--preview 8]
 
 Missing captions come from a captioner, boxes from an open-vocabulary detector queried with the
 caption's noun phrases; CLIP embeddings are computed in batches. The result is sharded, resumable
-(rerun the same command after a crash), and ``ROOT/dataset.yaml`` holds the ``train_dataset_names``
-entries for ``main.py --yaml_file``. See DATA/README.md §6.
+(rerun the same command after a crash), ``ROOT/dataset.yaml`` holds the ``train_dataset_names``
+entries for ``main.py --yaml_file``, and with ``--config`` ``ROOT/train.yaml`` is that config filled
+with them. See DATA/README.md §6.
 """
 from __future__ import annotations
 
@@ -63,6 +64,8 @@ def parse_args(argv=None) -> tuple[Options, int]:
     ap.add_argument("--device", default=d.device, help="auto, cpu, cuda, mps")
     ap.add_argument("--image_size", type=int, default=d.image_size, help="training resolution in dataset.yaml")
     ap.add_argument("--name", help="prefix of the dataset.yaml entries (default: the ROOT folder name)")
+    ap.add_argument("--config", help="training config to copy to ROOT/train.yaml with this data as its "
+                                     "train_dataset_names (e.g. configs/flickr_text.yaml)")
     ap.add_argument("--preview", type=int, default=0, metavar="N",
                     help="only annotate the first N images and draw them to ROOT/preview/")
     ap.add_argument("--overwrite", action="store_true", help="start over in an existing ROOT made by this tool")
@@ -77,19 +80,22 @@ def parse_args(argv=None) -> tuple[Options, int]:
                    max_boxes=a.max_boxes, min_box_size=a.min_box_size, min_boxes=a.min_boxes,
                    canny_low=a.canny_low, canny_high=a.canny_high, keypoint_threshold=a.keypoint_threshold,
                    max_new_tokens=a.max_new_tokens, shard_size=a.shard_size, batch_size=a.batch_size,
-                   device=a.device, image_size=a.image_size, name=a.name, overwrite=a.overwrite,
-                   progress=a.progress)
+                   device=a.device, image_size=a.image_size, name=a.name, config=a.config,
+                   overwrite=a.overwrite, progress=a.progress)
     return opts, a.preview
 
 
-def _print_summary(s: dict, out: str) -> None:
+def _print_summary(s: dict, out: str, config: str | None) -> None:
     dropped = ", ".join(f"{n} {r}" for r, n in s["images_dropped"].items()) or "none"
     b = s["boxes_per_image"]
     print(f"{s['rows']} of {s['images_found']} images written in {s['shards']} shard(s) to {out}; "
           f"{s['boxes']} boxes ({b['mean']} per image, {b['min']}-{b['max']}); dropped: {dropped}")
     print(f"captions given/generated: {s['captions']['given']}/{s['captions']['generated']}; "
           f"boxes given/detected: {s['box_sources']['given']}/{s['box_sources']['detected']}")
-    print(f"train with the entries of {os.path.join(out, 'dataset.yaml')} (details: summary.json)")
+    if config:
+        print(f"train: python main.py --yaml_file {os.path.join(out, 'train.yaml')} (details: summary.json)")
+    else:
+        print(f"train with the entries of {os.path.join(out, 'dataset.yaml')} (details: summary.json)")
 
 
 def main(argv=None) -> int:
@@ -117,7 +123,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted (finished shards are kept; rerun the same command to continue)", file=sys.stderr)
         return 130
-    _print_summary(summary, os.path.abspath(opts.out))
+    _print_summary(summary, os.path.abspath(opts.out), opts.config)
     if not summary["rows"]:
         reasons = ", ".join(f"{n} {r}" for r, n in summary["images_dropped"].items())
         print(f"error: no image was kept ({reasons}); see the --preview drawings and summary.json", file=sys.stderr)

@@ -59,7 +59,8 @@ def _argv(images, models, out, *extra):
             "--captioner", models["captioner"], "--detector", models["detector"], "--clip", models["clip"],
             "--depth_model", models["depth"], "--sem_model", models["sem"], "--pose_model", models["pose"],
             "--maps", MAPS, "--box_threshold", "0.0", "--keypoint_threshold", "0.0", "--shard_size", "3",
-            "--batch_size", "2", "--device", "cpu", "--image_size", "16", "--name", "mine", "--no-progress", *extra]
+            "--batch_size", "2", "--device", "cpu", "--image_size", "16", "--name", "mine", "--no-progress",
+            "--config", os.path.join(REPO, "configs", "tiny_text_box.yaml"), *extra]
 
 
 @pytest.fixture(scope="module")
@@ -176,10 +177,15 @@ def test_two_training_iterations_from_dataset_yaml(reference, tmp_path):
 
     from ldm.tiny import write_tiny_sd_checkpoint
 
+    # ROOT/train.yaml (--config) = the tiny config with dataset.yaml's entries and the tiny entry's kwargs
     config = OmegaConf.load(os.path.join(REPO, "configs", "tiny_text_box.yaml"))
-    config.train_dataset_names = OmegaConf.load(reference / "dataset.yaml").train_dataset_names
-    yaml_file = tmp_path / "mine.yaml"
-    OmegaConf.save(config, yaml_file)
+    tiny_kwargs = OmegaConf.to_container(config.train_dataset_names.FlickrGrounding)
+    entries = _load_yaml(reference / "dataset.yaml")["train_dataset_names"]
+    for e in entries.values():
+        e["params"].update(tiny_kwargs)  # image_size 16, which_layer_image after, embedding_len 24, ...
+    config.train_dataset_names = entries
+    yaml_file = reference / "train.yaml"
+    assert _load_yaml(yaml_file) == OmegaConf.to_container(config)
     write_tiny_sd_checkpoint(str(tmp_path / "tiny_sd.ckpt"), "text", seed=0)
     cmd = [sys.executable, os.path.join(REPO, "main.py"), "--yaml_file", str(yaml_file), "--DATA_ROOT",
            str(tmp_path), "--OUTPUT_ROOT", str(tmp_path / "OUT"), "--name", "mine", "--official_ckpt_name",
@@ -241,6 +247,12 @@ def test_one_line_errors(tmp_path, images, models, reference, capsys):
     before = _files(reference)
     assert "box_threshold" in _error_line(capsys, _argv(images, models, reference, "--box_threshold", "0.5"))
     assert _files(reference) == before
+    err = _error_line(capsys, ["--images", images["dir"], "--out", str(tmp_path / "o5"), "--config",
+                               os.path.join(REPO, "configs", "cc3m_canny.yaml")])
+    assert "add --maps canny" in err and not (tmp_path / "o5").exists()
+    err = _error_line(capsys, ["--images", images["dir"], "--out", str(tmp_path / "o6"), "--clip", models["clip"],
+                               "--config", os.path.join(REPO, "configs", "flickr_text.yaml")])
+    assert "width 768" in err and "gives 24" in err and not (tmp_path / "o6").exists()
     (tmp_path / "notours").mkdir()
     (tmp_path / "notours" / "x.txt").write_text("keep me")
     assert "not an output" in _error_line(capsys, ["--images", images["dir"], "--out", str(tmp_path / "notours")])

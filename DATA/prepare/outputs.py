@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import os
 
+from .inputs import InputError
 from .shards import atomic_write_json
 
-__all__ = ["DATASET_CLASSES", "TSV_FIELDS", "dataset_entries", "model_ref", "write_map_files", "summarize", "yaml_text"]
+__all__ = ["DATASET_CLASSES", "TSV_FIELDS", "dataset_entries", "model_ref", "write_map_files", "summarize", "yaml_text",
+           "train_config"]
 
 TSV_FIELDS = {"canny": "canny_edge", "depth": "depth"}
 DATASET_CLASSES = {"canny": "dataset.dataset_canny.CannyDataset", "depth": "dataset.dataset_depth.DepthDataset",
                    "sem": "dataset.dataset_sem.SemanticDataset", "normal": "dataset.dataset_normal.NormalDataset",
                    "keypoints": "dataset.dataset_kp.KeypointDataset"}
+#: catalog names of the original configs -> the modality they train on
+CATALOG_MODALITY = {"CC3MGroundingHed": "hed", "CC3MGroundingCanny": "canny", "CC3MGroundingDepth": "depth",
+                    "ADESemantic": "sem", "DIODENormal": "normal", "COCO2017Keypoint": "keypoints"}
+#: dataset kwargs that describe the data (ours win over a template's)
+DATA_KEYS = ("clip_version", "embedding_len")
 
 
 def model_ref(name: str) -> str:
@@ -118,3 +125,42 @@ def yaml_text(entries: dict) -> str:
             "# matching config (cc3m_canny.yaml, cc3m_depth.yaml, ade_sem.yaml, diode_normal.yaml, coco2017K.yaml).\n"
             "# Paths are absolute; `image_size` is the training resolution (--image_size).\n")
     return head + OmegaConf.to_yaml(OmegaConf.create(entries))
+
+
+def train_config(template: str, entries: dict, embedding_len: int | None = None):
+    """A training config from ``template`` (e.g. ``configs/flickr_text.yaml``) whose
+    ``train_dataset_names`` are this run's entries of the template's modality (read from its first
+    entry: catalog name or ``target``). The template entry's training kwargs (``image_size``,
+    ``prob_use_caption``, ``which_layer_image``, ...) are kept; paths, ``clip_version`` and
+    ``embedding_len`` come from the data (``embedding_len``: the CLIP text width, checked against the
+    template's). Returns an OmegaConf config."""
+    from omegaconf import OmegaConf
+
+    from dataset.concat_dataset import PATH_KEY_SUFFIXES
+
+    if not os.path.isfile(template):
+        raise InputError(f"--config {template}: no such file")
+    cfg = OmegaConf.load(template)
+    names = OmegaConf.to_container(cfg.get("train_dataset_names") or {})
+    if isinstance(names, (list, str)):
+        names = {n: None for n in ([names] if isinstance(names, str) else names)}
+    if not names:
+        raise InputError(f"--config {template}: no train_dataset_names to take the dataset settings from")
+    name, spec = next(iter(names.items()))
+    spec = spec or {}
+    target, kwargs = (spec["target"], spec.get("params") or {}) if "target" in spec else (None, spec)
+    modality = CATALOG_MODALITY.get(name) or {v: k for k, v in DATASET_CLASSES.items()}.get(target) or "boxes"
+    section = entries if modality == "boxes" else entries.get(modality, {})
+    ours = section.get("train_dataset_names")
+    if ours is None:
+        raise InputError(f"--config {template} trains on {modality} maps: add --maps {modality}")
+    if modality == "boxes" and embedding_len is not None:
+        want, have = int(kwargs.get("embedding_len", 768)), int(embedding_len)
+        if have != want:
+            raise InputError(f"--config {template} expects phrase embeddings of width {want} (embedding_len) but "
+                             f"--clip gives {have}: use the CLIP the model was built for")
+    keep = {k: v for k, v in kwargs.items() if not k.endswith(PATH_KEY_SUFFIXES) and k not in DATA_KEYS}
+    cfg.train_dataset_names = {n: {"target": e["target"], "params": {**e["params"], **keep}} for n, e in ours.items()}
+    if "train_dataset_repeats" in cfg:
+        del cfg["train_dataset_repeats"]
+    return cfg

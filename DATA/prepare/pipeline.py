@@ -40,7 +40,7 @@ from ldm.modules.encoders.clip_features import DEFAULT_CLIP_VERSION as DEFAULT_C
 from .annotators import (DEFAULT_CAPTIONER, DEFAULT_DEPTH, DEFAULT_DETECTOR, DEFAULT_POSE, DEFAULT_SEMANTIC,
                          CannyMap, Captioner, DepthMap, Detector, PoseEstimator, SemanticMap, normal_from_depth)
 from .inputs import InputError, list_images, read_annotations, read_captions
-from .outputs import TSV_FIELDS, dataset_entries, model_ref, summarize, write_map_files, yaml_text
+from .outputs import TSV_FIELDS, dataset_entries, model_ref, summarize, train_config, write_map_files, yaml_text
 from .phrases import caption_phrases
 from .shards import Manifest, atomic_write_json, shard_name
 
@@ -86,6 +86,7 @@ class Options:
     device: str = "auto"
     image_size: int = 512                   # dataset.yaml: training resolution
     name: str | None = None                 # dataset.yaml: entry name prefix
+    config: str | None = None               # template training config -> ROOT/train.yaml
     overwrite: bool = False
     progress: bool = True
 
@@ -96,7 +97,7 @@ class Options:
 
 
 #: options that do not change the outputs (a rerun may change them)
-RUNTIME_KEYS = ("out", "batch_size", "device", "image_size", "name", "overwrite", "progress")
+RUNTIME_KEYS = ("out", "batch_size", "device", "image_size", "name", "config", "overwrite", "progress")
 
 
 def _abs(path):
@@ -370,6 +371,8 @@ def run(opts: Options) -> dict:
     sources = Sources(read_captions(opts.captions, images) if opts.captions else None,
                       read_annotations(opts.annotations) if opts.annotations else None)
     manifest = Manifest(opts.out, opts.settings(), overwrite=opts.overwrite)
+    if opts.config:  # a config this data cannot fill fails now, not after the run
+        train_config(opts.config, dataset_entries(opts, [], None), _clip_text_dim(opts.clip))
     shards = [images[i:i + opts.shard_size] for i in range(0, len(images), opts.shard_size)]
     _check_finished_shards(manifest, shards, opts.images)
     todo = [k for k in range(len(shards)) if not manifest.done(shard_name(k))]
@@ -391,12 +394,24 @@ def run(opts: Options) -> dict:
     if clip_dim is None:
         clip_dim = _clip_text_dim(opts.clip)
     write_map_files(opts, records)
-    with open(os.path.join(opts.out, "dataset.yaml.tmp"), "w", encoding="utf-8") as f:
-        f.write(yaml_text(dataset_entries(opts, records, clip_dim)))
-    os.replace(os.path.join(opts.out, "dataset.yaml.tmp"), os.path.join(opts.out, "dataset.yaml"))
+    entries = dataset_entries(opts, records, clip_dim)
+    config = train_config(opts.config, entries, clip_dim) if opts.config else None
+    _write_text(os.path.join(opts.out, "dataset.yaml"), yaml_text(entries))
+    if config is not None:
+        from omegaconf import OmegaConf
+
+        _write_text(os.path.join(opts.out, "train.yaml"),
+                    f"# {os.path.basename(opts.config)} with train_dataset_names from DATA/prepare_data.py: "
+                    f"python main.py --yaml_file {os.path.join(opts.out, 'train.yaml')}\n" + OmegaConf.to_yaml(config))
     summary = summarize(records, len(images), opts)
     atomic_write_json(os.path.join(opts.out, "summary.json"), summary)
     return summary
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
 
 
 def _check_finished_shards(manifest: Manifest, shards: list, images_dir: str) -> None:
