@@ -319,7 +319,7 @@ def test_given_boxes_and_txt_captions_then_preview_folder_reused(images, models,
     assert s["box_sources"] == {"given": 1, "detected": 4}
     assert s["captions"] == {"given": 1, "generated": 4}  # of the rows written
     assert s["images_dropped"] == {"no box": 1, "unreadable image": 1}  # img2 is annotated with no boxes
-    assert s["dropped_files"]["no box"] == ["img2.png"] and s["boxes_dropped_too_small"] >= 1
+    assert s["dropped_files"]["no box"] == ["img2.png"] and s["boxes_dropped"]["too small"] >= 1
     row = decode_row(TSVFile(str(out / "tsv" / "train-00000.tsv"))[0])
     assert row["caption"] == "a teddy bear on a table"
     assert [(a["bbox"], a["tokens_positive"]) for a in row["annos"]] == [([2, 3, 20, 10], [[2, 12]])]

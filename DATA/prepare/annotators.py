@@ -103,19 +103,20 @@ class Detector:
         if not phrases:
             return []
         W, H = image.size
+        sizes = torch.tensor([[H, W]], device=self.device)  # on the model's device, like the outputs
         if "grounding" in self.kind:  # Grounding DINO: one prompt "a. b. c."
             text = " ".join(p.strip().lower().rstrip(".") + "." for p in phrases)
             inputs = _to_device(self.processor(images=image, text=text, return_tensors="pt"), self.device)
             res = self.processor.post_process_grounded_object_detection(
                 self.model(**inputs), inputs["input_ids"], threshold=self.threshold,
-                text_threshold=self.text_threshold, target_sizes=[(H, W)])[0]
+                text_threshold=self.text_threshold, target_sizes=sizes)[0]
             names = res["text_labels"] if "text_labels" in res else res["labels"]
             labels = [_match_phrase(str(n), phrases) for n in names]
         else:  # OWLv2 / OWL-ViT: one query per phrase
             inputs = _to_device(self.processor(text=[phrases], images=image, truncation=True, return_tensors="pt"),
                                 self.device)
             res = self.processor.post_process_grounded_object_detection(
-                self.model(**inputs), threshold=self.threshold, target_sizes=[(H, W)])[0]
+                self.model(**inputs), threshold=self.threshold, target_sizes=sizes)[0]
             labels = [int(x) for x in res["labels"]]
         boxes, scores = res["boxes"].float().cpu(), res["scores"].float().cpu()
         keep = [i for i, lab in enumerate(labels) if lab is not None]

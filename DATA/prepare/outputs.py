@@ -105,7 +105,7 @@ def summarize(records: list[dict], n_images: int, opts) -> dict:
         "boxes_per_image": {"mean": round(sum(counts) / len(counts), 3) if counts else 0,
                             "min": min(counts, default=0), "max": max(counts, default=0),
                             "histogram": dict(sorted(hist.items(), key=lambda kv: int(kv[0])))},
-        "boxes_dropped_too_small": sum(r["boxes_dropped"] for r in records),
+        "boxes_dropped": {k: sum(r["boxes_dropped"][k] for r in records) for k in ("too small", "over --max_boxes")},
         "captions": {s: sum(e["caption_source"] == s for e in kept) for s in ("given", "generated")},
         "box_sources": {s: sum(e["box_source"] == s for e in kept) for s in ("given", "detected")},
         "images_dropped": {reason: len(files) for reason, files in sorted(dropped.items())},

@@ -244,8 +244,10 @@ def annotate(loaded: list, opts: Options, models: Models, sources: Sources, stat
         else:
             annos, e["box_source"] = _detect_boxes(e["image"], e["caption"], opts, models.detector), "detected"
         n_before = len(annos)
-        annos = [a for a in annos if _big_enough(a.get("bbox"), W, H, opts.min_box_size)][:opts.max_boxes]
-        stats["boxes_dropped"] += n_before - len(annos)
+        annos = [a for a in annos if _big_enough(a.get("bbox"), W, H, opts.min_box_size)]
+        stats["boxes_dropped"]["too small"] += n_before - len(annos)
+        stats["boxes_dropped"]["over --max_boxes"] += max(0, len(annos) - opts.max_boxes)
+        annos = annos[:opts.max_boxes]
         if len(annos) < opts.min_boxes:
             stats["dropped"].setdefault("no box" if e["box_source"] == "given" else
                                         f"no box above threshold {opts.box_threshold}", []).append(e["file_name"])
@@ -294,7 +296,7 @@ def _write_shard(k: int, rels: list[str], opts: Options, models: Models, sources
     from DATA.make_tsv import make_tsv
 
     name, root = shard_name(k), opts.out
-    stats = {"images": len(rels), "dropped": {}, "boxes_dropped": 0}
+    stats = {"images": len(rels), "dropped": {}, "boxes_dropped": {"too small": 0, "over --max_boxes": 0}}
     loaded = []
     for j, rel in enumerate(rels):
         image = read_image(os.path.join(opts.images, rel))
@@ -340,7 +342,8 @@ def _write_shard(k: int, rels: list[str], opts: Options, models: Models, sources
     shutil.rmtree(tmp, ignore_errors=True)
 
     record = {
-        "shard": name, "images": len(rels), "files": rels, "rows": len(kept), "boxes_dropped": stats["boxes_dropped"],
+        "shard": name, "images": len(rels), "files": rels, "rows": len(kept),
+        "boxes_dropped": stats["boxes_dropped"],
         "dropped": stats["dropped"],
         "kept": [{"data_id": e["data_id"], "file_name": e["file_name"], "caption": e["caption"],
                   "caption_source": e["caption_source"], "box_source": e["box_source"], "boxes": len(e["annos"]),

@@ -76,7 +76,7 @@ def preview(opts: Options, n: int) -> list[str]:
             break
     models = load_models(opts, need_captioner=any(not sources.caption(r) for _, r, _ in loaded),
                          need_detector=any(sources.boxes(r) is None for _, r, _ in loaded), need_clip=False)
-    stats = {"dropped": {}, "boxes_dropped": 0}
+    stats = {"dropped": {}, "boxes_dropped": {"too small": 0, "over --max_boxes": 0}}
     entries = annotate(loaded, opts, models, sources, stats)
     out_dir = os.path.join(opts.out, "preview")
     os.makedirs(out_dir, exist_ok=True)
