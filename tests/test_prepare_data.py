@@ -193,10 +193,12 @@ def test_two_training_iterations_from_dataset_yaml(reference, tmp_path):
            "--save_every_iters", "2", "--warmup_steps", "1", "--disable_inference_in_training", "True"]
     res = subprocess.run(cmd, cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
+    import glob
+
     from ldm.checkpoint import load_checkpoint_file
 
-    ckpt = load_checkpoint_file(str(tmp_path / "OUT" / "mine" / "tag00" / "checkpoint_latest.pth"))
-    assert ckpt["iters"] == 2
+    latest = glob.glob(str(tmp_path / "OUT" / "mine" / "*" / "checkpoint_latest.pth"))
+    assert len(latest) == 1 and load_checkpoint_file(latest[0])["iters"] == 2
 
 
 # ----------------------------------------------------------------------------- resume

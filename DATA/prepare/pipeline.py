@@ -24,6 +24,7 @@ Output layout::
     ROOT/keypoints/{person_keypoints,captions}.json   COCO files over the original images
     ROOT/shards/train-00000.json, manifest.json  resume state
     ROOT/dataset.yaml, summary.json              ready config entries, counts
+    ROOT/train.yaml                              with --config: that config filled with the entries
 """
 from __future__ import annotations
 
