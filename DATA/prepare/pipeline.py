@@ -31,11 +31,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
+from DATA.make_tsv import make_tsv
+from dataset.codec import encode_image_b64, encode_row
+from dataset.tsv import TSVWriter
 from ldm.modules.encoders.clip_features import DEFAULT_CLIP_VERSION as DEFAULT_CLIP
 
 from .annotators import (DEFAULT_CAPTIONER, DEFAULT_DEPTH, DEFAULT_DETECTOR, DEFAULT_POSE, DEFAULT_SEMANTIC,
@@ -292,67 +296,63 @@ def _add_maps(entries: list, opts: Options, models: Models) -> None:
 # ----------------------------------------------------------------------------- one shard
 def _write_shard(k: int, rels: list[str], opts: Options, models: Models, sources: Sources, manifest: Manifest,
                  bar) -> dict:
-    from dataset.codec import encode_image_b64, encode_row
-    from dataset.tsv import TSVWriter
-    from DATA.make_tsv import make_tsv
-
+    """Annotate and write shard ``k``. Images are held ``batch_size`` at a time (maps are written as
+    they are made), so memory does not grow with the shard size."""
     name, root = shard_name(k), opts.out
     stats = {"images": len(rels), "dropped": {}, "boxes_dropped": {"too small": 0, "over --max_boxes": 0}}
-    loaded = []
-    for j, rel in enumerate(rels):
-        image = read_image(os.path.join(opts.images, rel))
-        if image is None:
-            stats["dropped"].setdefault("unreadable image", []).append(rel)
-            bar.update(1)
-        else:
-            loaded.append((k * opts.shard_size + j, rel, image))
-    kept = annotate(loaded, opts, models, sources, stats, tick=lambda: bar.update(1))
-
-    rows = [{"data_id": e["data_id"], "file_name": e["file_name"], "caption": e["caption"],
-             "annos": [{kk: v for kk, v in a.items() if kk != "score"} for a in e["annos"]]} for e in kept]
-    tsv = os.path.join(root, "tsv", name + ".tsv")
-    make_tsv(rows, opts.images, tsv, features=models.clip, batch_size=opts.batch_size, progress=False)
-    if os.environ.get(CRASH_ENV) == str(k):
-        os._exit(17)
-
-    for m, fld in TSV_FIELDS.items():
-        if m in opts.maps:
-            with TSVWriter(os.path.join(root, f"tsv_{m}", name + ".tsv")) as w:
-                for e in kept:
-                    w.write(encode_row({"data_id": e["data_id"], fld: encode_image_b64(e["maps"][m])}))
     tmp = manifest.tmp_dir(name)
-    moves = []
-    if "sem" in opts.maps:
-        for sub in ("images", "labels"):
-            os.makedirs(os.path.join(tmp, "sem", sub))
-            moves.append((os.path.join(tmp, "sem", sub), os.path.join(root, "sem", sub, name)))
-        for e in kept:
-            e["image"].save(os.path.join(tmp, "sem", "images", f"{e['data_id']}.jpg"), quality=95)
-            e["maps"]["sem"].save(os.path.join(tmp, "sem", "labels", f"{e['data_id']}.png"))
-    if "normal" in opts.maps:
-        for sub in ("images", "normals"):
-            os.makedirs(os.path.join(tmp, "normal", sub))
-            moves.append((os.path.join(tmp, "normal", sub), os.path.join(root, "normal", sub, name)))
-        for e in kept:
-            e["image"].save(os.path.join(tmp, "normal", "images", f"{e['data_id']}.png"))
-            np.save(os.path.join(tmp, "normal", "normals", f"{e['data_id']}_normal.npy"), e["maps"]["normal"])
-    for src, dst in moves:
+    folders = [(m, sub) for m, subs in (("sem", ("images", "labels")), ("normal", ("images", "normals")))
+               if m in opts.maps for sub in subs]
+    for m, sub in folders:
+        os.makedirs(os.path.join(tmp, m, sub))
+    rows, kept_info = [], []
+    with ExitStack() as stack:  # map TSVs: temporary files until the shard is complete, removed on error
+        writers = {m: stack.enter_context(TSVWriter(os.path.join(root, f"tsv_{m}", name + ".tsv")))
+                   for m in TSV_FIELDS if m in opts.maps}
+        for start in range(0, len(rels), opts.batch_size):
+            loaded = []
+            for j, rel in enumerate(rels[start:start + opts.batch_size], start):
+                image = read_image(os.path.join(opts.images, rel))
+                if image is None:
+                    stats["dropped"].setdefault("unreadable image", []).append(rel)
+                    bar.update(1)
+                else:
+                    loaded.append((k * opts.shard_size + j, rel, image))
+            for e in annotate(loaded, opts, models, sources, stats, tick=lambda: bar.update(1)):
+                _write_maps(e, writers, tmp)
+                rows.append({"data_id": e["data_id"], "file_name": e["file_name"], "caption": e["caption"],
+                             "annos": [{kk: v for kk, v in a.items() if kk != "score"} for a in e["annos"]]})
+                kept_info.append({"data_id": e["data_id"], "file_name": e["file_name"], "caption": e["caption"],
+                                  "caption_source": e["caption_source"], "box_source": e["box_source"],
+                                  "boxes": len(e["annos"]), "width": e["image"].width, "height": e["image"].height,
+                                  **({"persons": e["persons"]} if "persons" in e else {})})
+        make_tsv(rows, opts.images, os.path.join(root, "tsv", name + ".tsv"), features=models.clip,
+                 batch_size=opts.batch_size, progress=False)
+        if os.environ.get(CRASH_ENV) == str(k):
+            os._exit(17)
+    for m, sub in folders:
+        dst = os.path.join(root, m, sub, name)
         shutil.rmtree(dst, ignore_errors=True)
         os.makedirs(os.path.dirname(dst), exist_ok=True)
-        os.replace(src, dst)
+        os.replace(os.path.join(tmp, m, sub), dst)
     shutil.rmtree(tmp, ignore_errors=True)
-
-    record = {
-        "shard": name, "images": len(rels), "files": rels, "rows": len(kept),
-        "boxes_dropped": stats["boxes_dropped"],
-        "dropped": stats["dropped"],
-        "kept": [{"data_id": e["data_id"], "file_name": e["file_name"], "caption": e["caption"],
-                  "caption_source": e["caption_source"], "box_source": e["box_source"], "boxes": len(e["annos"]),
-                  "width": e["image"].width, "height": e["image"].height,
-                  **({"persons": e["persons"]} if "persons" in e else {})} for e in kept],
-    }
+    record = {"shard": name, "images": len(rels), "files": rels, "rows": len(rows),
+              "boxes_dropped": stats["boxes_dropped"], "dropped": stats["dropped"], "kept": kept_info}
     manifest.commit(name, record)
     return record
+
+
+def _write_maps(e: dict, writers: dict, tmp: str) -> None:
+    """One kept image's maps: a row of each map TSV, files of sem / normal under ``tmp``."""
+    for m, w in writers.items():
+        w.write(encode_row({"data_id": e["data_id"], TSV_FIELDS[m]: encode_image_b64(e["maps"][m])}))
+    i = e["data_id"]
+    if "sem" in e["maps"]:
+        e["image"].save(os.path.join(tmp, "sem", "images", f"{i}.jpg"), quality=95)
+        e["maps"]["sem"].save(os.path.join(tmp, "sem", "labels", f"{i}.png"))
+    if "normal" in e["maps"]:
+        e["image"].save(os.path.join(tmp, "normal", "images", f"{i}.png"))
+        np.save(os.path.join(tmp, "normal", "normals", f"{i}_normal.npy"), e["maps"]["normal"])
 
 
 def run(opts: Options) -> dict:
