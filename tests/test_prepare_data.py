@@ -249,6 +249,8 @@ def test_one_line_errors(tmp_path, images, models, reference, capsys):
     before = _files(reference)
     assert "box_threshold" in _error_line(capsys, _argv(images, models, reference, "--box_threshold", "0.5"))
     assert _files(reference) == before
+    assert main(_argv(images, models, reference, "--batch_size", "3")) == 0  # runtime flags may change
+    assert _files(reference) == before
     err = _error_line(capsys, ["--images", images["dir"], "--out", str(tmp_path / "o5"), "--config",
                                os.path.join(REPO, "configs", "cc3m_canny.yaml")])
     assert "add --maps canny" in err and not (tmp_path / "o5").exists()
@@ -283,6 +285,18 @@ def test_semantic_map_of_a_large_image_is_upsampled_as_labels(models):
     small = np.asarray(seg([image])[0])
     assert small.shape == full.shape == (40, 48)
     assert set(np.unique(small)) <= set(range(1, 151)) and (small == full).mean() > 0.3
+
+
+def test_normal_from_depth_of_a_ramp():
+    from DATA.prepare.annotators import normal_from_depth
+
+    ramp = Image.fromarray(np.tile(np.linspace(50, 250, 32), (16, 1)).astype(np.uint8))  # nearer to the right
+    n = normal_from_depth(ramp)
+    inner = n[2:-2, 2:-2]
+    assert (inner[..., 0] < -0.1).all() and np.allclose(inner[..., 1], 0, atol=1e-6) and (inner[..., 2] > 0).all()
+    np.testing.assert_allclose(inner, inner[:1, :1].repeat(12, 0).repeat(28, 1), atol=0.05)  # a plane
+    flat = normal_from_depth(Image.new("L", (8, 8), 10))  # background: facing the camera
+    np.testing.assert_allclose(flat[..., 2], 1.0)
 
 
 def test_grounding_dino_detector(tmp_path):
