@@ -191,6 +191,8 @@ def browser_page(server, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
+        if os.environ.get("GLIGEN_REQUIRE_BROWSER"):
+            pytest.fail("chromium is not installed (apt-get install chromium)")
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
     external = []
 
@@ -313,3 +315,42 @@ def test_browser_upload_image_and_inpaint_a_box(server, browser_page, tmp_path):
     assert gen["phrases"] == ["a corgi"] and os.path.isfile(gen["input_image"])
     with Image.open(gen["input_image"]) as im:  # the uploaded image, copied next to the outputs
         assert im.size == (320, 240)
+
+
+def test_every_demo_mode_runs_from_page_state(server, tmp_path):
+    """What the page builds for each mode (reference images + style, keypoints, spatial maps, canny from a
+    photo) runs on the demo checkpoints; a map the checkpoint cannot take gives the CLI's message."""
+    from PIL import Image, ImageDraw
+
+    from ldm.inference.standins import write_standins
+
+    images = tmp_path / "inputs"
+    write_standins(str(images))
+    by_mode = {mode.name: path for path, mode in server.service.known_modes.items()}
+    options = dict(steps=4, batch_size=1)
+    photo = tmp_path / "photo.png"
+    im = Image.new("RGB", (96, 64), (20, 20, 20))
+    ImageDraw.Draw(im).ellipse([20, 10, 70, 55], fill=(240, 240, 240))
+    im.save(photo)
+    canny = tmp_path / "canny.png"
+    state.canny_map(str(photo)).save(canny)
+    requests = {
+        "generation box+text+image": state.entry_from_ui(
+            "text_image", prompt="a clock on the beach", boxes=[[0.1, 0.1, 0.6, 0.7]], rows=[["1", "", "2"]],
+            reference_files=[str(images / "placeholder.png"), str(images / "clock.png")],
+            style_image=str(images / "style_golden.jpg"), beta=1.0),
+        "generation keypoint": state.entry_from_ui("keypoint", prompt="a person", persons=[state.pose_person(1)]),
+        "generation hed": state.entry_from_ui("hed", prompt="a man", condition=str(images / "hed_man_eat.png")),
+        "generation sem": state.entry_from_ui("sem", prompt="a room", condition=str(images / "sem_ade_living_room.png")),
+        "generation canny": state.entry_from_ui("canny", prompt="a ball", condition=str(canny), beta=0.9),
+    }
+    for name, entry in requests.items():
+        result, paths = server.service.run(entry, options, by_mode[name])
+        assert result.mode.name == name and len(paths) == 3 and all(os.path.isfile(p) for p in paths)
+        saved = json.loads(open(paths[2]).read())["generations"][0]
+        for key in ("images", "hed_image", "sem", "canny_image"):  # inputs copied next to the outputs
+            for p in filter(None, (saved.get(key) or []) if key == "images" else [saved.get(key)]):
+                assert os.path.dirname(p) == os.path.join(os.path.dirname(paths[0]), "inputs")
+    assert saved["alpha_type"] == [0.9, 0.0, 0.1]
+    with pytest.raises(LayoutError, match="does not support"):
+        server.service.run(requests["generation hed"], options, by_mode["generation box+text"])
