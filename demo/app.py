@@ -432,6 +432,10 @@ def build_app(args):
                 return [gr.update()] * 19
             settings, gens = load_layout(path)
             gen = gens[0]
+            copy = _Copier(os.path.join(outdir, "restored-" + uuid.uuid4().hex[:8]))  # files the page may serve
+            gen = dataclasses.replace(gen, input_image=gen.input_image and copy(gen.input_image),
+                                      images=[p and copy(p) for p in gen.images],
+                                      condition={k: copy(v) for k, v in gen.condition.items()})
             if len(gens) > 1:
                 gr.Warning(f"the layout holds {len(gens)} generations; the first is shown")
             mode = gen.implied_mode()

@@ -354,3 +354,32 @@ def test_every_demo_mode_runs_from_page_state(server, tmp_path):
     assert saved["alpha_type"] == [0.9, 0.0, 0.1]
     with pytest.raises(LayoutError, match="does not support"):
         server.service.run(requests["generation hed"], options, by_mode["generation box+text"])
+
+
+def test_browser_load_keypoint_layout_then_generate(server, browser_page, tmp_path):
+    """Uploading a layout restores the page (checkpoint, mode, points, prompt, settings); generating repeats it."""
+    from ldm.inference.examples import PERSON_1, PERSON_2
+
+    page = browser_page
+    layout = tmp_path / "people.json"
+    layout.write_text(json.dumps({"settings": {"steps": 6, "batch_size": 1},
+                                  "generations": [{"prompt": "A young man and a small boy are talking",
+                                                   "keypoints": [PERSON_1, PERSON_2], "alpha_type": [0.4, 0, 0.6],
+                                                   "seed": 4}]}))
+    page.locator("#layout-upload input[type=file]").set_input_files(str(layout))
+    page.locator("#keypoints").wait_for(state="visible")
+    page.wait_for_function("document.querySelector('#prompt textarea').value.startsWith('A young man')")
+    assert "generation keypoint" in page.locator("#mode").inner_text()
+    assert not page.locator("#canvas").is_visible()  # the box canvas is for box modes only
+    page.screenshot(path=str(tmp_path / "1_layout_loaded.png"), full_page=True)
+    _generate_and_wait(page)
+    page.wait_for_function("document.querySelectorAll('#gallery img').length >= 2")
+    page.screenshot(path=str(tmp_path / "2_generated.png"), full_page=True)
+
+    record = _latest_record(server.outdir)
+    gen = record["generations"][0]
+    assert record["outputs"]["mode"] == "generation keypoint" and record["settings"]["steps"] == 6
+    assert gen["seed"] == 4 and gen["alpha_type"] == [0.4, 0.0, 0.6]
+    for got, want in zip(gen["keypoints"], [PERSON_1, PERSON_2]):
+        for a, b in zip(got, want):
+            assert a == pytest.approx(b, abs=2 / state.CANVAS)  # through the canvas' pixels and back
