@@ -49,6 +49,8 @@ from demo import state  # noqa: E402
 DEMO_WARNING = ("**Demo mode: the checkpoints have RANDOM weights** (tiny models built locally by `make demo`), "
                 "so the images are noise. Run `python demo/app.py` for the released checkpoints.")
 REQUEST_SETTINGS = ("sampler", "steps", "guidance_scale", "negative_prompt", "batch_size", "box_format")
+MAP_LABELS = {"hed": "HED edge map", "canny": "Canny edge map", "depth": "Depth map", "normal": "Surface normal map",
+              "sem": "Semantic map (a label PNG: ADE20K class ids 0..150 per pixel)"}
 MODEL_QUEUE = "model"  # every event that loads a model or samples shares this queue (one at a time)
 
 
@@ -194,7 +196,7 @@ def _in_hub_cache(repo: str) -> bool:
 def result_gallery(paths: list[str]) -> list[tuple[str, str]]:
     """Runner.save's paths -> gallery items: each image, then its annotated copy."""
     pngs = [p for p in paths if p.endswith(".png")]
-    return [(p, f"image {k // 2}" + (", annotated" if "_annotated" in p else "")) for k, p in enumerate(pngs)]
+    return [(p, f"#{k // 2}" + (" annotated" if "_annotated" in p else "")) for k, p in enumerate(pngs)]
 
 
 # ====================================================================== checkpoints offered
@@ -267,8 +269,7 @@ def build_app(args):
         return [gr.update(visible=mode.is_box), gr.update(visible=mode.family == "text_image"),
                 gr.update(visible=mode.family == "keypoint"), gr.update(visible=mode.is_spatial),
                 gr.update(visible=mode.family == "canny"), gr.update(visible=mode.inpaint),
-                gr.update(label=f"{SPATIAL_LAYOUT_KEYS.get(mode.family, 'condition')} map "
-                                f"({'raw ADE20K labels' if mode.family == 'sem' else 'image'})")]
+                gr.update(label=MAP_LABELS.get(mode.family, "condition map"))]
 
     def guarded(fn):
         """Bad input or a missing model: its one-line message; anything else: logged, one line shown."""
@@ -297,7 +298,7 @@ def build_app(args):
         with gr.Row():
             with gr.Column(scale=3):
                 with gr.Row():
-                    ckpt = gr.Dropdown(choices, value=initial, label="Checkpoint", allow_custom_value=True, scale=3,
+                    ckpt = gr.Dropdown(choices, value=initial, label="Checkpoint", allow_custom_value=True, scale=3, elem_id="ckpt",
                                        info="released checkpoints download on first use; or type a local file path")
                     mode_md = gr.Markdown(f"**Mode:** {initial_mode.name}", elem_id="mode")
                 prompt = gr.Textbox(label="Prompt", placeholder="a teddy bear sitting next to a bird", elem_id="prompt")
@@ -308,7 +309,7 @@ def build_app(args):
                     canvas = image_annotator(value={"image": bg(initial_mode, None), "boxes": []}, image_type="numpy",
                                              label="Boxes: 'Create box' (C) and drag; 'Drag boxes' (D) moves and resizes",
                                              disable_edit_boxes=True, sources=[], show_clear_button=False,
-                                             show_remove_button=True, show_download_button=False, height=420,
+                                             show_remove_button=True, show_download_button=False, height=360,
                                              elem_id="canvas")
                     table = gr.Dataframe(headers=state.TABLE_HEADERS, datatype=["str", "str", "str"], value=[],
                                          type="array", interactive=True, label="Phrases: one row per box",
@@ -330,7 +331,8 @@ def build_app(args):
                         clear_persons = gr.Button("Remove all persons")
                 with gr.Group(visible=initial_mode.is_spatial) as spatial_group:
                     condition = gr.Image(type="filepath", sources=["upload"], height=200, image_mode=None,
-                                         label="condition map", elem_id="condition")
+                                         label=MAP_LABELS.get(initial_mode.family, "condition map"),
+                                         elem_id="condition")
                     with gr.Row(visible=initial_mode.family == "canny") as canny_row:
                         photo = gr.Image(type="filepath", sources=["upload"], height=160, label="...or a photo")
                         canny_button = gr.Button("Compute canny edges from the photo")

@@ -293,7 +293,7 @@ def test_browser_upload_image_and_inpaint_a_box(server, browser_page, tmp_path):
     Image.new("RGB", (320, 240), (90, 140, 200)).save(photo)
 
     # pick the inpainting checkpoint: the page switches to its controls
-    page.locator("input[aria-label='Checkpoint'], [data-testid='dropdown'] input").first.click()
+    page.locator("#ckpt input").click()
     page.get_by_role("option", name="inpainting box+text").click()
     page.locator("#inpaint-image").wait_for(state="visible")
     assert "inpainting box+text" in page.locator("#mode").inner_text()
