@@ -181,8 +181,12 @@ def test_generate_endpoint_concurrent_requests_and_errors(server, tmp_path):
     Image.new("RGB", (8, 8)).save(private)
     with pytest.raises(AppError, match="private.png lies outside the folders this server may read"):
         client.predict(_layout(4, phrases=None, images=[str(private), None]), api_name="/generate")
-    images, record = client.predict(_layout(5), api_name="/generate")  # still serving
-    assert len(images) == 2 and json.loads(record)["generations"][0]["seed"] == 5
+    # still serving; a saved record sent back (server-side settings such as clip are the server's) repeats its run
+    images, record = client.predict(results[0][1], api_name="/generate")
+    assert len(images) == 2 and json.loads(record)["generations"][0]["seed"] == 1
+    for item, first in zip(images, results[0][0]):
+        with Image.open(item["image"]) as a, Image.open(first["image"]) as b:
+            assert a.tobytes() == b.tobytes()
 
 
 # ====================================================================== the page in Chromium
@@ -255,17 +259,20 @@ def test_browser_draw_box_type_phrase_generate(server, browser_page, tmp_path):
 
     _draw_box(page, "canvas", 0.30, 0.20, 0.60, 0.70)
     page.locator("#phrases [data-testid='cell-0-0']").wait_for()  # the table follows the boxes
+    page.locator("#generate").click()  # no phrase yet: a one-line error, and the page keeps working
+    page.get_by_text("box 1 has no phrase (fill in its row of the table)").first.wait_for()
+    page.screenshot(path=str(tmp_path / "1_error.png"), full_page=True)
     _type_phrase(page, 0, "a teddy bear")
     page.locator("#prompt textarea").fill("a teddy bear on the grass")
     page.get_by_text("Sampling", exact=True).click()  # open the accordion
     page.locator("#seed input").fill("11")
     page.locator("#seed input").press("Tab")  # commit the number
-    page.screenshot(path=str(tmp_path / "1_box_and_phrase.png"), full_page=True)
+    page.screenshot(path=str(tmp_path / "2_box_and_phrase.png"), full_page=True)
 
     images = _generate_and_wait(page)
     page.wait_for_function("document.querySelectorAll('#gallery img').length >= 4")  # 2 images + annotated
     assert page.locator("#seed-used textarea, #seed-used input").first.input_value() == "11"
-    page.screenshot(path=str(tmp_path / "2_generated.png"), full_page=True)
+    page.screenshot(path=str(tmp_path / "3_generated.png"), full_page=True)
     assert images.count() >= 4
 
     record = _latest_record(server.outdir)
