@@ -38,7 +38,7 @@ if ROOT not in sys.path:
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from ldm.checkpoint import CheckpointError  # noqa: E402
-from ldm.inference.checkpoints import RELEASED, RELEASED_MODES  # noqa: E402
+from ldm.inference.checkpoints import HUB_FILENAME, RELEASED, RELEASED_MODES  # noqa: E402
 from ldm.inference.errors import LayoutError, ResolveError  # noqa: E402
 from ldm.inference.layout import Generation, load_layout  # noqa: E402
 from ldm.inference.modes import SPATIAL_LAYOUT_KEYS, Mode  # noqa: E402
@@ -48,7 +48,7 @@ from demo import state  # noqa: E402
 
 DEMO_WARNING = ("**Demo mode: the checkpoints have RANDOM weights** (tiny models built locally by `make demo`), "
                 "so the images are noise. Run `python demo/app.py` for the released checkpoints.")
-REQUEST_SETTINGS = ("sampler", "steps", "guidance_scale", "negative_prompt", "batch_size", "box_format")
+REQUEST_SETTINGS = ("sampler", "steps", "guidance_scale", "negative_prompt", "batch_size")
 MAP_LABELS = {"hed": "HED edge map", "canny": "Canny edge map", "depth": "Depth map", "normal": "Surface normal map",
               "sem": "Semantic map (a label PNG: ADE20K class ids 0..150 per pixel)"}
 MODEL_QUEUE = "model"  # every event that loads a model or samples shares this queue (one at a time)
@@ -166,8 +166,8 @@ class Service:
             _, (gen,) = load_layout(path, options.get("box_format"))
         finally:
             os.remove(path)
-        entry = gen.to_entry()
-        return self.run(entry, options, gen.ckpt, None, notify)
+        options = {k: v for k, v in options.items() if k != "box_format"}  # to_entry() boxes are normalised xyxy
+        return self.run(gen.to_entry(), options, gen.ckpt, None, notify)
 
 
 class _Copier:
@@ -188,7 +188,7 @@ def _in_hub_cache(repo: str) -> bool:
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        return isinstance(try_to_load_from_cache(repo, "diffusion_pytorch_model.bin"), str)
+        return isinstance(try_to_load_from_cache(repo, HUB_FILENAME), str)
     except Exception:  # noqa: BLE001 - only decides whether to say "downloading"
         return False
 

@@ -181,6 +181,10 @@ def test_generate_endpoint_concurrent_requests_and_errors(server, tmp_path):
     Image.new("RGB", (8, 8)).save(private)
     with pytest.raises(AppError, match="private.png lies outside the folders this server may read"):
         client.predict(_layout(4, phrases=None, images=[str(private), None]), api_name="/generate")
+    pixels_layout = json.dumps({"settings": {"steps": 4, "batch_size": 1, "box_format": "xywh_pixels"},
+                                "generations": [{"prompt": "p", "phrases": ["a cat"], "boxes": [[128, 64, 256, 384]]}]})
+    _, record = client.predict(pixels_layout, api_name="/generate")  # converted once, at the edge
+    assert json.loads(record)["generations"][0]["boxes"] == [[0.25, 0.125, 0.75, 0.875]]
     # still serving; a saved record sent back (server-side settings such as clip are the server's) repeats its run
     images, record = client.predict(results[0][1], api_name="/generate")
     assert len(images) == 2 and json.loads(record)["generations"][0]["seed"] == 1
