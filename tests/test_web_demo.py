@@ -394,3 +394,14 @@ def test_browser_load_keypoint_layout_then_generate(server, browser_page, tmp_pa
     for got, want in zip(gen["keypoints"], [PERSON_1, PERSON_2]):
         for a, b in zip(got, want):
             assert a == pytest.approx(b, abs=2 / state.CANVAS)  # through the canvas' pixels and back
+
+
+def test_a_local_checkpoint_typed_in_the_picker_is_loaded_for_its_mode(server, tmp_path):
+    from ldm.inference.errors import ResolveError
+
+    by_mode = {mode.name: path for path, mode in server.service.known_modes.items()}
+    mine = tmp_path / "my_finetune.pth"
+    shutil.copyfile(by_mode["inpainting box+text"], mine)
+    assert server.service.mode_of(str(mine)).name == "inpainting box+text"  # read from the checkpoint itself
+    with pytest.raises(ResolveError, match="checkpoint not found"):
+        server.service.mode_of(str(tmp_path / "missing.pth"))
