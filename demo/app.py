@@ -538,7 +538,11 @@ def main(argv=None) -> int:
     except (LayoutError, ResolveError, CheckpointError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
-    page.launch(**launch)
+    try:
+        page.launch(**launch)
+    except OSError as e:  # e.g. the port is taken
+        print(f"error: cannot serve on {args.host}:{args.port}: {one_line(e)}", file=sys.stderr)
+        return 2
     return 0
 
 
