@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test install demo bench clean parity train-demo
+.PHONY: test install demo web-demo bench clean parity train-demo
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ test: $(STAMP)
 # offline demo: tiny random-weight checkpoints under .cache/demo/, full pipeline on examples/demo_layout.json (CPU)
 demo: $(STAMP)
 	$(PY) -m ldm.inference.demo --no-progress
+
+# web demo, offline on the same tiny random-weight checkpoints (built if missing): http://127.0.0.1:7860
+web-demo: $(STAMP)
+	$(PY) demo/app.py --demo --port 7860
 
 # tiny training demo (CPU, ~15 s): random-weight SD/CLIP stand-ins and 8 synthetic box images under
 # .cache/train_demo/ (DATA/make_tiny_demo.py), 30 iterations of configs/tiny_text_box.yaml with previews, then
