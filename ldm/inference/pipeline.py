@@ -159,7 +159,12 @@ class Runner:
         from ldm.checkpoint import build_from_checkpoint, load_checkpoint_file
 
         self._loaded = None  # free the previous model first
-        ckpt = load_checkpoint_file(path)
+        if os.path.isdir(path):  # a diffusers folder (resolve_checkpoint only returns those)
+            from ldm.diffusers_format import from_diffusers
+
+            ckpt = from_diffusers(path)
+        else:
+            ckpt = load_checkpoint_file(path)
         config = None
         if "config_dict" not in ckpt:
             config = fallback_config(ckpt.get("model", {}))
