@@ -204,3 +204,50 @@ def test_original_flags_unchanged(tiny, tmp_path):
     out = tmp_path / "inpaint_init.pth"
     assert convert_ckpt.main(["--ckpt_path", tiny["text"], "--new_ckpt_path", str(out)]) == 0
     assert load_checkpoint_file(out)["model"]["input_blocks.0.0.weight"].shape[1] == 9
+
+
+@pytest.mark.parametrize("name", ["text", "inpaint_text"])
+def test_inference_from_diffusers_folder_writes_the_same_image(tiny, tmp_path, name):
+    import numpy as np
+    from PIL import Image
+
+    import gligen_inference
+
+    entry = dict(prompt="a teddy bear and a bird", phrases=["a teddy bear", "a bird"],
+                 locations=[[0.0, 0.1, 0.4, 0.8], [0.5, 0.1, 1.0, 0.8]], seed=5, save_folder_name="x")
+    if KINDS[name][1]:
+        im = tmp_path / "input.png"
+        Image.fromarray((np.arange(16 * 16 * 3) % 251).astype(np.uint8).reshape(16, 16, 3)).save(im)
+        entry["input_image"] = str(im)
+    layout = tmp_path / "layout.json"
+    layout.write_text(json.dumps({"generations": [entry]}))
+    images = []
+    for ckpt in (tiny[name], tiny[name + "_dir"]):
+        out = tmp_path / f"out_{len(images)}"
+        assert gligen_inference.main(["--layout", str(layout), "--ckpt", ckpt, "--clip", tiny["clip"], "--device", "cpu",
+                                      "--steps", "2", "--batch_size", "1", "--folder", str(out), "--no-progress"]) == 0
+        images.append(np.asarray(Image.open(out / "x" / "0.png")))
+    assert np.array_equal(images[0], images[1])
+
+
+def test_inference_resolves_a_diffusers_repo_id(tiny, monkeypatch):
+    import huggingface_hub
+
+    from ldm.inference.checkpoints import resolve_checkpoint
+
+    fetched = []
+
+    def fake_download(repo, filename, revision=None, **kw):
+        fetched.append((repo, filename))
+        if filename == "model_index.json":
+            return os.path.join(tiny["text_dir"], "model_index.json")
+        return "/single/file.bin"
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kw: tiny["text_dir"])
+    assert resolve_checkpoint("masterful/gligen-1-4-generation-text-box") == tiny["text_dir"]
+    assert resolve_checkpoint(tiny["text_dir"]) == tiny["text_dir"]
+    # released repos are single files: no model_index.json probe
+    assert resolve_checkpoint("gligen/gligen-generation-text-box") == "/single/file.bin"
+    assert fetched == [("masterful/gligen-1-4-generation-text-box", "model_index.json"),
+                       ("gligen/gligen-generation-text-box", "diffusion_pytorch_model.bin")]
