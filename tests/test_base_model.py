@@ -86,7 +86,9 @@ def test_merge_takes_gligen_layers_from_the_checkpoint_and_the_rest_from_the_bas
 
 def test_sd2_and_sdxl_shaped_bases_are_refused(files, tmp_path):
     state = dict(load_checkpoint_file(files["sd_ckpt"])["state_dict"])
-    sd2 = {k: (torch.zeros(v.shape[0], 24) if "attn2.to_k" in k or "attn2.to_v" in k else v) for k, v in state.items()}
+    # SD-2 shapes: 1024-wide (here 24) text conditioning, linear proj_in / proj_out
+    sd2 = {k: (torch.zeros(v.shape[0], 24) if "attn2.to_k" in k or "attn2.to_v" in k else
+               v[:, :, 0, 0] if k.endswith(("proj_in.weight", "proj_out.weight")) else v) for k, v in state.items()}
     save_checkpoint({"state_dict": sd2}, tmp_path / "sd2.ckpt")
     with pytest.raises(BaseModelError) as e:
         merge_base(load_checkpoint_file(files["text"]), read_base(tmp_path / "sd2.ckpt"))

@@ -251,3 +251,16 @@ def test_inference_resolves_a_diffusers_repo_id(tiny, monkeypatch):
     assert resolve_checkpoint("gligen/gligen-generation-text-box") == "/single/file.bin"
     assert fetched == [("masterful/gligen-1-4-generation-text-box", "model_index.json"),
                        ("gligen/gligen-generation-text-box", "diffusion_pytorch_model.bin")]
+
+
+def test_diffusers_gligen_pipeline_runs_the_written_folder(tiny):
+    """diffusers' own (deprecated) StableDiffusionGLIGENPipeline loads every component of the folder and samples."""
+    import numpy as np
+    from diffusers import StableDiffusionGLIGENPipeline
+
+    pipe = StableDiffusionGLIGENPipeline.from_pretrained(tiny["text_dir"], safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(prompt="a bird", gligen_phrases=["a bird"], gligen_boxes=[[0.1, 0.1, 0.5, 0.5]], num_inference_steps=2,
+               height=16, width=16, output_type="np", gligen_scheduled_sampling_beta=0.5,
+               generator=torch.Generator().manual_seed(0))
+    assert out.images.shape == (1, 16, 16, 3) and np.isfinite(out.images).all()
