@@ -167,7 +167,18 @@ def vae_state_to_diffusers(state: dict, ddconfig: dict) -> dict:
             for k, v in out.items()}
 
 
+#: attention names of VAEs saved by diffusers < 0.15 (some Hub repos still ship them)
+_OLD_VAE_ATTN = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.", ".proj_attn.": ".to_out.0."}
+
+
 def vae_state_from_diffusers(state: dict, ddconfig: dict) -> dict:
+    def modern(k):
+        for old, new in _OLD_VAE_ATTN.items():
+            if ".attentions." in k and old in k:
+                return k.replace(old, new)
+        return k
+
+    state = {modern(k): v for k, v in state.items()}
     out = _rename(state, vae_pairs(len(ddconfig["ch_mult"]), ddconfig["num_res_blocks"]), False, "vae",
                   {".resnets.": VAE_RESNET_PAIRS, ".attentions.": VAE_ATTN_PAIRS})
     return {k: (v.reshape(*v.shape, 1, 1) if ".attn_1." in k and not k.endswith(("norm.weight", "norm.bias"))

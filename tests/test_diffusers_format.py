@@ -264,3 +264,15 @@ def test_diffusers_gligen_pipeline_runs_the_written_folder(tiny):
                height=16, width=16, output_type="np", gligen_scheduled_sampling_beta=0.5,
                generator=torch.Generator().manual_seed(0))
     assert out.images.shape == (1, 16, 16, 3) and np.isfinite(out.images).all()
+
+
+def test_old_diffusers_vae_attention_names_are_read(tiny):
+    """VAEs saved by diffusers < 0.15 name the mid attention query/key/value/proj_attn."""
+    folder = os.path.join(tiny["text_dir"], "vae")
+    state = dfm.read_component_weights(folder)
+    old = {k.replace(".to_q.", ".query.").replace(".to_k.", ".key.").replace(".to_v.", ".value.")
+           .replace(".to_out.0.", ".proj_attn."): v for k, v in state.items()}
+    assert old != state
+    dd = dfm.vae_params_from_diffusers(json.load(open(os.path.join(folder, "config.json"))))["ddconfig"]
+    a, b = dfm.vae_state_from_diffusers(old, dd), dfm.vae_state_from_diffusers(state, dd)
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
