@@ -170,9 +170,8 @@ def load_base_into(model: torch.nn.Module, autoencoder: torch.nn.Module, text_en
                    source: str | os.PathLike | BaseModel) -> BaseModel:
     """Copy an SD-1.x base's frozen weights into built modules, in place (for training's ``--base_model``,
     in place of ``DATA_ROOT/sd-v1-4.ckpt``). The UNet's GLIGEN parameters are left untouched.
-    ``text_encoder``: a ``FrozenCLIPEmbedder`` (its load accepts the official names). Returns the base."""
-    from ldm.checkpoint import official_text_encoder_state
-
+    ``text_encoder``: a ``FrozenCLIPEmbedder`` (its load accepts the official names). Returns the base.
+    A trainer that widens the first conv from SD's own can use :func:`sd_checkpoint_parts` instead."""
     base = source if isinstance(source, BaseModel) else read_base(source)
     current = {"model": model.state_dict(), "autoencoder": autoencoder.state_dict(),
                "text_encoder": official_text_encoder_state(text_encoder.state_dict())}
@@ -184,3 +183,26 @@ def load_base_into(model: torch.nn.Module, autoencoder: torch.nn.Module, text_en
                  if k in have and not (part == "model" and is_gligen_param(k, widened))}
         module.load_state_dict(state, strict=False)  # shapes were checked above; GLIGEN keys stay as they are
     return base
+
+
+def sd_checkpoint_parts(source: str | os.PathLike | BaseModel, diffusion_config: dict | None = None,
+                        reference: dict | None = None) -> dict:
+    """An SD-1.x base in the layout of :func:`ldm.checkpoint.read_official_ckpt` (``model`` / ``autoencoder`` /
+    ``text_encoder`` / ``diffusion``), for code written around ``sd-v1-4.ckpt`` (the trainer)::
+
+        parts = sd_checkpoint_parts(base_model, config["diffusion"]) if base_model else read_official_ckpt(sd_path)
+
+    ``diffusion``: the buffers of ``diffusion_config`` (our ``LatentDiffusion`` node; SD-1.x's schedule by
+    default), so every base form gives the same schedule. ``reference`` (``{part: state dict}`` of the built
+    modules) is checked first: a non-SD-1.x base raises :class:`BaseModelError` (widened first convs allowed).
+    """
+    from ldm.util import instantiate_from_config
+
+    base = source if isinstance(source, BaseModel) else read_base(source)
+    if reference is not None:
+        check_sd1(base, {**reference, "model": {k: v for k, v in reference["model"].items()
+                                                 if k != "input_blocks.0.0.weight"}}, widened=False)
+    diffusion_config = diffusion_config or {"target": "ldm.models.diffusion.ldm.LatentDiffusion",
+                                            "params": {"linear_start": 0.00085, "linear_end": 0.012, "timesteps": 1000}}
+    return {"model": dict(base.model), "autoencoder": dict(base.autoencoder), "text_encoder": dict(base.text_encoder),
+            "diffusion": instantiate_from_config(diffusion_config).state_dict()}

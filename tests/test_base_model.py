@@ -166,3 +166,25 @@ def test_spatial_models_take_the_base_first_conv(files):
     base = _sd_parts(files["sd_ckpt"])["model"]
     assert torch.equal(conv["weight"], base["input_blocks.0.0.weight"])
     assert torch.equal(conv["bias"], base["input_blocks.0.0.bias"])
+
+
+@pytest.mark.parametrize("form", ["sd_safetensors", "sd_diffusers"])
+def test_sd_checkpoint_parts_replace_read_official_ckpt_for_the_trainer(files, form):
+    from ldm.base_model import sd_checkpoint_parts
+    from ldm.checkpoint import read_official_ckpt
+
+    ref = read_official_ckpt(files["sd_ckpt"])
+    models = build_from_checkpoint(load_checkpoint_file(files["inpaint"]))  # widened first conv: allowed
+    reference = {"model": models.model.state_dict(), "autoencoder": models.autoencoder.state_dict(),
+                 "text_encoder": models.text_encoder.state_dict()}
+    from ldm.checkpoint import official_text_encoder_state
+
+    reference["text_encoder"] = official_text_encoder_state(reference["text_encoder"])
+    parts = sd_checkpoint_parts(files[form], models.config["diffusion"], reference)
+    for part in ("model", "autoencoder"):
+        assert set(parts[part]) == set(ref[part]) and all(torch.equal(parts[part][k], ref[part][k]) for k in ref[part])
+    te = official_text_encoder_state(ref["text_encoder"])
+    assert all(torch.equal(parts["text_encoder"][k], te[k]) for k in te)
+    assert all(torch.equal(parts["diffusion"][k], ref["diffusion"][k]) for k in parts["diffusion"])
+    with pytest.raises(BaseModelError):
+        sd_checkpoint_parts(files[form], None, {**reference, "autoencoder": {"encoder.conv_in.weight": torch.zeros(1)}})
