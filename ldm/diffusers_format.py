@@ -38,8 +38,6 @@ import shutil
 import tempfile
 from typing import Iterable
 
-import torch
-
 from ldm.checkpoint import (CheckpointError, config_from_checkpoint, load_checkpoint_file, make_config_dict,
                             official_text_encoder_state, safe_torch_load)
 
@@ -136,7 +134,7 @@ def _rename(state: dict, pairs: Pairs, to_diffusers: bool, what: str, inner: dic
             raise DiffusersFormatError(f"{what}: no diffusers counterpart for {key!r} (unsupported architecture)")
         head, rest = pair[dst], key[len(pair[src]):]
         for marker, sub in (inner or {}).items():
-            if marker in (pair[1]):
+            if marker in pair[1]:
                 p2 = next((p for p in sub if rest.startswith(p[src])), None)
                 if p2 is None:
                     raise DiffusersFormatError(f"{what}: no counterpart for {key!r}")
@@ -607,15 +605,6 @@ def from_diffusers(source: str) -> dict:
         "diffusion": instantiate_from_config(config["diffusion"]).state_dict(),
         "config_dict": make_config_dict(config),
     }
-
-
-def read_image_project(source: str) -> torch.Tensor | None:
-    """``image_project.project.weight`` (D, D) of a diffusers box+text+image folder / repo, or None."""
-    folder = resolve_diffusers_source(source)
-    sub = os.path.join(folder, "image_project")
-    if not os.path.isdir(sub):
-        return None
-    return read_component_weights(sub)["project.weight"]
 
 
 # =========================================================================== CLI (convert_ckpt.py)
