@@ -188,3 +188,20 @@ def test_sd_checkpoint_parts_replace_read_official_ckpt_for_the_trainer(files, f
     assert all(torch.equal(parts["diffusion"][k], ref["diffusion"][k]) for k in parts["diffusion"])
     with pytest.raises(BaseModelError):
         sd_checkpoint_parts(files[form], None, {**reference, "autoencoder": {"encoder.conv_in.weight": torch.zeros(1)}})
+
+
+def test_base_from_a_hub_repo_id(files, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    def fake_snapshot(repo_id, revision=None, allow_patterns=None, **kw):
+        calls.append((repo_id, revision, allow_patterns))
+        return files["sd_diffusers"]
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    base = read_base("someone/sd15-finetune@v2")
+    assert calls[0][:2] == ("someone/sd15-finetune", "v2")
+    assert not any(p.startswith(("scheduler/", "image_project/", "safety_checker")) for p in calls[0][2])
+    ref = _sd_parts(files["sd_ckpt"])["model"]
+    assert all(torch.equal(base.model[k], ref[k]) for k in ref)
