@@ -88,7 +88,17 @@ def main(argv=None) -> int:
     ap.add_argument("--new_ckpt_path", type=str, default=None, help="where to write the converted checkpoint")
     ap.add_argument("--keep_all", action="store_true",
                     help="also keep text_encoder/autoencoder/diffusion (loadable by gligen_inference.py)")
+    ap.add_argument("--to_diffusers", metavar="OUT_DIR", default=None,
+                    help="instead: write --ckpt_path as a diffusers folder (model_index.json, unet/, vae/, ...)")
+    ap.add_argument("--from_diffusers", metavar="DIR_OR_REPO", default=None,
+                    help="instead: convert a diffusers GLIGEN folder or Hub repo id to --new_ckpt_path (.pth/.safetensors)")
+    ap.add_argument("--clip", default=None, help="with --to_diffusers, box+text+image: the CLIP whose text projection "
+                                                 "becomes image_project (default openai/clip-vit-large-patch14)")
     args = ap.parse_args(argv)
+    if args.to_diffusers or args.from_diffusers:
+        from ldm.diffusers_format import convert_cli
+
+        return convert_cli(ap, args)
     if not args.ckpt_path or not args.new_ckpt_path:
         ap.error("--ckpt_path and --new_ckpt_path are required")
 

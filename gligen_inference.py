@@ -4,6 +4,7 @@
     python gligen_inference.py                       # the original example set, released Hub checkpoints
     python gligen_inference.py --layout my.json      # generations described in a JSON / YAML layout
     python gligen_inference.py --ckpt FILE_OR_REPO   # the examples this checkpoint can run
+    python gligen_inference.py --layout my.json --base_model my_sd15_finetune.safetensors --width 768
 
 The preprocessing follows the checkpoint's architecture (box+text, box+text+image, keypoints,
 HED / Canny / depth / normal / semantic maps; inpainting when its first conv takes 9 channels).
@@ -59,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sd_first_conv", "--sd-first-conv", dest="sd_first_conv", default=None,
                    help="SD v1.4 first conv for zero-gate steps of spatial-map models "
                         "(SD_input_conv_weight_bias.pth, an SD .ckpt or a GLIGEN box checkpoint)")
+    p.add_argument("--base_model", "--base-model", dest="base_model", default=None,
+                   help="SD-1.x model for the frozen UNet/VAE/text encoder (an original .ckpt, a single-file "
+                        ".safetensors fine-tune, a diffusers folder or Hub repo id); GLIGEN's layers come from --ckpt")
+    p.add_argument("--height", type=int, default=None, help="image height in pixels, a multiple of 64 (default 512)")
+    p.add_argument("--width", type=int, default=None, help="image width in pixels, a multiple of 64 (default 512)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     return p
 
@@ -94,12 +100,14 @@ def run(argv=None) -> list[str]:
     cli = dict(sampler=sampler, steps=args.steps, guidance_scale=args.guidance_scale,
                negative_prompt=args.negative_prompt, batch_size=args.batch_size, seed=args.seed, device=args.device,
                dtype=args.dtype, folder=args.folder, clip=args.clip, ckpt=args.ckpt, ckpt_dir=args.ckpt_dir,
-               sd_first_conv=args.sd_first_conv, box_format=args.box_format,
+               sd_first_conv=args.sd_first_conv, box_format=args.box_format, base_model=args.base_model,
+               height=args.height, width=args.width,
                progress=None if args.progress else False)
     if args.layout:
         file_settings, _ = read_layout_file(args.layout)
         settings = Settings.merged(file_settings, **cli)
-        _, gens = load_layout(args.layout, settings.box_format)  # validate everything before running
+        canvas = (settings.width or 512, settings.height or 512) if settings.width or settings.height else None
+        _, gens = load_layout(args.layout, settings.box_format, canvas)  # validate everything before running
         runner = Runner(settings)
     else:
         settings = Settings.merged(None, **cli)

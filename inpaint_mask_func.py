@@ -105,30 +105,33 @@ def draw_masks_from_boxes(boxes, size: int, randomize_fg_mask: bool = False,
     Args:
         boxes: (B, N, 4) tensor (or nested lists) of normalised ``[x0, y0, x1, y1]``; all-zero
             padding rows have no effect.
-        size: side of the (square) mask, the latent size (64 for SD).
+        size: side of the (square) mask, the latent size (64 for SD), or ``(h, w)`` for a non-square
+            latent (x coordinates scale with ``w``, y with ``h``).
         randomize_fg_mask: per box (>= 4x4 after scaling) with prob. 0.5 regenerate only a
             random stroke region inside the box instead of the whole box.
         random_add_bg_mask: per image with prob. 0.5 also regenerate random background strokes.
 
     Returns:
-        (B, 1, size, size) float32 on CPU, **1 outside the boxes (keep), 0 inside (generate)**.
+        (B, 1, h, w) float32 on CPU (h = w = size for an int), **1 outside the boxes (keep), 0 inside (generate)**.
         Coordinates are ``int(coord * size)`` (truncation), computed in the boxes' dtype
         (float32 for lists).
     """
     if not isinstance(boxes, torch.Tensor):
         boxes = torch.as_tensor(boxes, dtype=torch.float32)
     boxes = boxes.detach().cpu()
+    h_size, w_size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     masks = []
     for boxes_i in boxes:
-        image_mask = torch.ones(size, size)
+        image_mask = torch.ones(h_size, w_size)
         for box in boxes_i:
-            x0, y0, x1, y1 = (int(v * size) for v in box)
+            x0, y0, x1, y1 = (int(v * s) for v, s in zip(box, (w_size, h_size, w_size, h_size)))
             w, h = x1 - x0, y1 - y0
             if randomize_fg_mask and random.uniform(0, 1) < 0.5 and h >= 4 and w >= 4:
                 image_mask[y0:y1, x0:x1] = image_mask[y0:y1, x0:x1] * get_a_fg_mask(h, w)
             else:
                 image_mask[y0:y1, x0:x1] = 0
         if random_add_bg_mask and random.uniform(0, 1) < 0.5:
-            image_mask = image_mask * get_a_bg_mask(size)
+            image_mask = image_mask * (get_a_bg_mask(h_size) if h_size == w_size else
+                                       F.interpolate(get_a_bg_mask(64)[None, None], size=(h_size, w_size))[0, 0])
         masks.append(image_mask)
     return torch.stack(masks).unsqueeze(1)

@@ -104,41 +104,19 @@ def build_ours(preset: str, seed: int, init: bool = True):
     return model
 
 
-def ours_to_diffusers_state(sd: dict, num_levels: int, num_res_blocks: int) -> dict:
-    """Rename an SD-layout (LDM) GLIGEN UNet state dict to diffusers' UNet2DConditionModel names."""
-    prefixes = {"time_embed.0.": "time_embedding.linear_1.", "time_embed.2.": "time_embedding.linear_2.",
-                "input_blocks.0.0.": "conv_in.", "out.0.": "conv_norm_out.", "out.2.": "conv_out.",
-                "middle_block.0.": "mid_block.resnets.0.", "middle_block.1.": "mid_block.attentions.0.",
-                "middle_block.2.": "mid_block.resnets.1.", "position_net.": "position_net."}
-    k = 1
-    for level in range(num_levels):
-        for j in range(num_res_blocks):
-            prefixes[f"input_blocks.{k}.0."] = f"down_blocks.{level}.resnets.{j}."
-            prefixes[f"input_blocks.{k}.1."] = f"down_blocks.{level}.attentions.{j}."
-            k += 1
-        if level != num_levels - 1:
-            prefixes[f"input_blocks.{k}.0.op."] = f"down_blocks.{level}.downsamplers.0.conv."
-            k += 1
-    k = 0
-    for up in range(num_levels):
-        for j in range(num_res_blocks + 1):
-            prefixes[f"output_blocks.{k}.0."] = f"up_blocks.{up}.resnets.{j}."
-            prefixes[f"output_blocks.{k}.1.conv."] = f"up_blocks.{up}.upsamplers.0.conv."  # (no transformer)
-            prefixes[f"output_blocks.{k}.1."] = f"up_blocks.{up}.attentions.{j}."
-            prefixes[f"output_blocks.{k}.2.conv."] = f"up_blocks.{up}.upsamplers.0.conv."
-            k += 1
-    resnet = {"in_layers.0.": "norm1.", "in_layers.2.": "conv1.", "emb_layers.1.": "time_emb_proj.",
-              "out_layers.0.": "norm2.", "out_layers.3.": "conv2.", "skip_connection.": "conv_shortcut."}
-    order = sorted(prefixes, key=len, reverse=True)
-    out = {}
-    for key, value in sd.items():
-        src = next(p for p in order if key.startswith(p))
-        dst, rest = prefixes[src], key[len(src):]
-        if ".resnets." in dst:
-            r = next(p for p in resnet if rest.startswith(p))
-            rest = resnet[r] + rest[len(r):]
-        out[dst + rest] = value
-    return out
+def ours_to_diffusers_state(sd: dict, num_levels: int, num_res_blocks: int,
+                            attention_resolutions: list[int] | None = None) -> dict:
+    """Rename an SD-layout (LDM) GLIGEN UNet state dict to diffusers' UNet2DConditionModel names
+    (the project's one mapping, ``ldm.diffusers_format``). Attention levels default to those whose
+    first input block holds a transformer."""
+    from ldm.diffusers_format import unet_state_to_diffusers
+
+    if attention_resolutions is None:
+        attention_resolutions = [2 ** lv for lv in range(num_levels)
+                                 if f"input_blocks.{1 + lv * (num_res_blocks + 1)}.1.norm.weight" in sd]
+    params = dict(channel_mult=[1] * num_levels, num_res_blocks=num_res_blocks,
+                  attention_resolutions=attention_resolutions)
+    return unet_state_to_diffusers(sd, params)
 
 
 def build_theirs(preset: str, latent: int, ours=None, seed: int = 0):
@@ -149,7 +127,8 @@ def build_theirs(preset: str, latent: int, ours=None, seed: int = 0):
     model = UNet2DConditionModel(sample_size=latent, **kwargs).eval()
     if ours is not None:
         levels = len(ours.channel_mult)
-        model.load_state_dict(ours_to_diffusers_state(ours.state_dict(), levels, ours.num_res_blocks), strict=True)
+        model.load_state_dict(ours_to_diffusers_state(ours.state_dict(), levels, ours.num_res_blocks,
+                                                      list(ours.attention_resolutions)), strict=True)
     return model
 
 

@@ -24,8 +24,11 @@ TINY_PHRASE_DIM = 24  # width of phrase / reference-image features (768 for the 
 TINY_BACKBONE = dict(backbone_depths=[1, 1, 1, 1], backbone_dims=[8, 8, 8, 16])
 
 
-def tiny_config(family: str = "text", inpaint: bool = False) -> dict:
-    """A complete config (diffusion/model/autoencoder/text_encoder/adapters) for one modality."""
+def tiny_config(family: str = "text", inpaint: bool = False, phrase_dim: int = TINY_PHRASE_DIM) -> dict:
+    """A complete config (diffusion/model/autoencoder/text_encoder/adapters) for one modality.
+
+    ``phrase_dim``: width of phrase / image features (16 = the context width gives a model that
+    diffusers' GLIGEN UNet can hold, whose position net takes features as wide as the context)."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     model = dict(image_size=8, in_channels=4, out_channels=4, model_channels=32, attention_resolutions=[1],
@@ -34,10 +37,10 @@ def tiny_config(family: str = "text", inpaint: bool = False) -> dict:
     adapters = {}
     if family == "text":
         model["grounding_tokenizer"] = {"target": P + "text_grounding_net.PositionNet",
-                                        "params": {"in_dim": TINY_PHRASE_DIM, "out_dim": 16}}
+                                        "params": {"in_dim": phrase_dim, "out_dim": 16}}
     elif family == "text_image":
         model["grounding_tokenizer"] = {"target": P + "text_image_grounding_net.PositionNet",
-                                        "params": {"in_dim": TINY_PHRASE_DIM, "out_dim": 16}}
+                                        "params": {"in_dim": phrase_dim, "out_dim": 16}}
     elif family == "keypoint":
         model["grounding_tokenizer"] = {"target": P + "keypoint_grounding_net.PositionNet",
                                         "params": {"max_persons_per_image": 8, "out_dim": 16}}
@@ -70,10 +73,10 @@ def tiny_config(family: str = "text", inpaint: bool = False) -> dict:
     return copy.deepcopy(config)
 
 
-def build_tiny(family: str = "text", inpaint: bool = False, seed: int = 0) -> dict:
+def build_tiny(family: str = "text", inpaint: bool = False, seed: int = 0, phrase_dim: int = TINY_PHRASE_DIM) -> dict:
     """Instantiate the four parts with seeded random weights (gates and null features randomised too,
     so the grounding path is numerically active). Returns ``{section: module}`` plus ``config``."""
-    config = tiny_config(family, inpaint)
+    config = tiny_config(family, inpaint, phrase_dim)
     g = torch.Generator().manual_seed(seed)
     parts = {}
     for section in ("model", "autoencoder", "text_encoder", "diffusion"):
@@ -89,9 +92,10 @@ def build_tiny(family: str = "text", inpaint: bool = False, seed: int = 0) -> di
     return parts
 
 
-def write_tiny_checkpoint(path: str | os.PathLike, family: str = "text", inpaint: bool = False, seed: int = 0) -> str:
+def write_tiny_checkpoint(path: str | os.PathLike, family: str = "text", inpaint: bool = False, seed: int = 0,
+                          phrase_dim: int = TINY_PHRASE_DIM) -> str:
     """Write a tiny random GLIGEN checkpoint (official layout: model/autoencoder/text_encoder/diffusion/config_dict)."""
-    parts = build_tiny(family, inpaint, seed)
+    parts = build_tiny(family, inpaint, seed, phrase_dim)
     ckpt = {k: parts[k].state_dict() for k in ("model", "autoencoder", "diffusion")}
     ckpt["text_encoder"] = official_text_encoder_state(parts["text_encoder"].state_dict())
     ckpt["config_dict"] = make_config_dict(parts["config"])
@@ -119,18 +123,18 @@ def write_tiny_sd_checkpoint(path: str | os.PathLike, family: str = "text", seed
     return os.fspath(path)
 
 
-def write_tiny_clip_model(folder: str | os.PathLike, seed: int = 0) -> str:
+def write_tiny_clip_model(folder: str | os.PathLike, seed: int = 0, phrase_dim: int = TINY_PHRASE_DIM) -> str:
     """A tiny random transformers ``CLIPModel`` (text width 24 = the tiny phrase-feature width) for
     phrase / reference-image features; pass the folder where ``openai/clip-vit-large-patch14`` is expected."""
     from transformers import CLIPConfig, CLIPModel
 
     torch.manual_seed(seed)
     cfg = CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=TINY_PHRASE_DIM, intermediate_size=48, num_hidden_layers=1,
+        text_config=dict(vocab_size=49408, hidden_size=phrase_dim, intermediate_size=48, num_hidden_layers=1,
                          num_attention_heads=2, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
                          pad_token_id=1),
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                            image_size=224, patch_size=32),
-        projection_dim=TINY_PHRASE_DIM)
+        projection_dim=phrase_dim)
     CLIPModel(cfg).save_pretrained(os.fspath(folder))
     return os.fspath(folder)

@@ -52,9 +52,10 @@ def to_tensor_m11(im: Image.Image) -> torch.Tensor:
     return (x - 0.5) / 0.5
 
 
-def inpainting_image(path: str, resolution: int) -> torch.Tensor:
-    """Image to inpaint: RGB, resized to ``resolution``^2 **without** cropping -> (1, 3, R, R) in [-1, 1]."""
-    return to_tensor_m11(open_image(path).resize((resolution, resolution)))[None]
+def inpainting_image(path: str, resolution: int | tuple[int, int]) -> torch.Tensor:
+    """Image to inpaint: RGB, resized to ``resolution`` (R, or (H, W)) **without** cropping -> (1, 3, H, W) in [-1, 1]."""
+    h, w = (resolution, resolution) if isinstance(resolution, int) else resolution
+    return to_tensor_m11(open_image(path).resize((w, h)))[None]
 
 
 def spatial_map(path: str, resolution: int) -> torch.Tensor:

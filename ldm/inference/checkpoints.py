@@ -65,12 +65,26 @@ def hub_download(repo_id: str, filename: str = HUB_FILENAME, revision: str | Non
                            "pass --ckpt with a local file") from None
 
 
+def diffusers_repo_folder(repo_id: str, revision: str | None = None) -> str | None:
+    """The local snapshot of a diffusers-layout Hub repo (one with ``model_index.json``), else None."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        hf_hub_download(repo_id, "model_index.json", revision=revision)
+    except Exception:  # not a diffusers repo, or not reachable: the single-file path reports the error
+        return None
+    from ldm.diffusers_format import fetch_diffusers_repo
+
+    return fetch_diffusers_repo(repo_id, revision)
+
+
 def resolve_checkpoint(spec: str | None, mode: Mode | None = None, ckpt_dir: str | None = None) -> str:
     """A local checkpoint path for ``spec``.
 
     Args:
-        spec: a local file, a local folder holding ``diffusion_pytorch_model.bin``, a Hub repo id
-            (``owner/name``, optionally ``owner/name@revision``), or None.
+        spec: a local file, a local folder holding ``diffusion_pytorch_model.bin``, a diffusers GLIGEN
+            folder (returned as is), a Hub repo id (``owner/name``, optionally ``owner/name@revision``;
+            a diffusers-layout repo gives its snapshot folder), or None.
         mode: with ``spec`` None, the released checkpoint for this mode is used.
         ckpt_dir: folder searched first for the original's local names
             (``checkpoint_generation_text.pth``...) when ``spec`` is None.
@@ -88,11 +102,19 @@ def resolve_checkpoint(spec: str | None, mode: Mode | None = None, ckpt_dir: str
     if os.path.isfile(spec):
         return spec
     if os.path.isdir(spec):
+        from ldm.diffusers_format import is_diffusers_folder
+
+        if is_diffusers_folder(spec):
+            return spec  # loaded by ldm.diffusers_format.from_diffusers
         for name in (HUB_FILENAME, "diffusion_pytorch_model.safetensors"):
             if os.path.isfile(os.path.join(spec, name)):
                 return os.path.join(spec, name)
         raise ResolveError(f"checkpoint folder {spec} has no {HUB_FILENAME}")
     repo, _, revision = spec.partition("@")
     if is_repo_id(repo):
+        if repo not in RELEASED_MODES:
+            folder = diffusers_repo_folder(repo, revision or None)
+            if folder is not None:
+                return folder
         return hub_download(repo, revision=revision or None)
     raise ResolveError(f"checkpoint not found: {spec} (neither a file nor a Hub repo id)")

@@ -172,8 +172,9 @@ class Generation:
     # ---------------------------------------------------------------- parsing
     @classmethod
     def from_dict(cls, entry: Any, base_dir: str | None = None, box_format: str = "xyxy",
-                  index: int | None = None) -> "Generation":
-        """Validate one layout entry; raises :class:`LayoutError` with a one-line message."""
+                  index: int | None = None, canvas: tuple[int, int] | None = None) -> "Generation":
+        """Validate one layout entry; raises :class:`LayoutError` with a one-line message.
+        ``canvas``: (W, H) that pixel coordinates refer to without an input image (default 512x512)."""
         where = _where(index)
         if not isinstance(entry, dict):
             raise LayoutError(f"{where}a layout entry must be a mapping, got {type(entry).__name__}")
@@ -191,7 +192,7 @@ class Generation:
         if entry.get("input_image") is not None:
             gen.input_image = check_image_file(resolve_path(entry["input_image"], base_dir, "input_image", where),
                                                "input_image", where)
-        canvas = image_size_of(gen.input_image) if gen.input_image else (PIXEL_CANVAS, PIXEL_CANVAS)
+        canvas = image_size_of(gen.input_image) if gen.input_image else (canvas or (PIXEL_CANVAS, PIXEL_CANVAS))
         spatial = [k for k in SPATIAL_LAYOUT_KEYS.values() if entry.get(k) is not None]
         if len(spatial) > 1:
             raise LayoutError(f"{where}only one spatial condition per generation, got {spatial}")
@@ -394,14 +395,16 @@ def read_layout_file(path: str) -> tuple[dict, list]:
     return settings, data
 
 
-def load_layout(path: str, box_format: str | None = None) -> tuple[dict, list[Generation]]:
+def load_layout(path: str, box_format: str | None = None,
+                canvas: tuple[int, int] | None = None) -> tuple[dict, list[Generation]]:
     """Read and validate every generation of a layout file -> ``(settings, generations)``.
 
-    ``box_format`` None: the file's ``settings.box_format``, else ``xyxy``.
+    ``box_format`` None: the file's ``settings.box_format``, else ``xyxy``. ``canvas``: (W, H) for
+    pixel coordinates without an input image (``--width/--height``; default 512x512).
     """
     settings, entries = read_layout_file(path)
     box_format = box_format or settings.get("box_format") or "xyxy"
     base_dir = os.path.dirname(os.path.abspath(path))
     multi = len(entries) > 1
-    gens = [Generation.from_dict(e, base_dir, box_format, i if multi else None) for i, e in enumerate(entries)]
+    gens = [Generation.from_dict(e, base_dir, box_format, i if multi else None, canvas) for i, e in enumerate(entries)]
     return settings, gens

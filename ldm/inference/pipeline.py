@@ -61,10 +61,13 @@ class Settings:
     sd_first_conv: str | None = None
     box_format: str = "xyxy"
     progress: bool = True
+    base_model: str | None = None  # SD-1.x model for the frozen UNet / VAE / text encoder (ldm.base_model)
+    height: int | None = None  # image size in pixels (None: the checkpoint's, 512)
+    width: int | None = None
 
     #: keys a layout file's ``settings`` may set
     FILE_KEYS = ("sampler", "steps", "guidance_scale", "negative_prompt", "batch_size", "dtype", "clip",
-                 "sd_first_conv", "box_format", "device", "folder")
+                 "sd_first_conv", "box_format", "device", "folder", "base_model", "height", "width")
 
     def __post_init__(self):
         self.validate()
@@ -89,6 +92,10 @@ class Settings:
             raise LayoutError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.box_format not in BOX_FORMATS:
             raise LayoutError(f"box format must be one of {BOX_FORMATS}, got {self.box_format!r}")
+        for name in ("height", "width"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 8 or v % 8):
+                raise LayoutError(f"{name} must be a positive multiple of 8 pixels (of 64 for SD checkpoints), got {v!r}")
         return self
 
     @classmethod
@@ -144,6 +151,7 @@ class Runner:
         self._loaded: tuple[str, Any, Mode] | None = None
         self._features = None
         self._sd_conv = load_sd_first_conv(self.settings.sd_first_conv) if self.settings.sd_first_conv else None
+        self._base = None  # ldm.base_model.BaseModel, read once
 
     # ---------------------------------------------------------------- resources
     def checkpoint_for(self, gen: Generation) -> str:
@@ -159,7 +167,16 @@ class Runner:
         from ldm.checkpoint import build_from_checkpoint, load_checkpoint_file
 
         self._loaded = None  # free the previous model first
-        ckpt = load_checkpoint_file(path)
+        if os.path.isdir(path):  # a diffusers folder (resolve_checkpoint only returns those)
+            from ldm.diffusers_format import from_diffusers
+
+            ckpt = from_diffusers(path)
+        else:
+            ckpt = load_checkpoint_file(path)
+        if self.settings.base_model:
+            from ldm.base_model import merge_base
+
+            ckpt = merge_base(ckpt, self.base())
         config = None
         if "config_dict" not in ckpt:
             config = fallback_config(ckpt.get("model", {}))
@@ -169,6 +186,29 @@ class Runner:
         mode = mode_of_models(models)
         self._loaded = (path, models, mode)
         return models, mode
+
+    def base(self):
+        """The ``--base_model`` SD-1.x weights (:class:`ldm.base_model.BaseModel`), read once."""
+        if self._base is None:
+            from ldm.base_model import read_base
+
+            self._base = read_base(self.settings.base_model)
+        return self._base
+
+    def image_size(self, models, mode: Mode) -> tuple[int, int]:
+        """``(H, W)`` in pixels: ``--height/--width`` (each defaults to the checkpoint's resolution), multiples
+        of the UNet's total downsampling in pixels (64 for SD). Spatial-map models keep their trained size."""
+        res = models.image_resolution
+        size = (self.settings.height or res, self.settings.width or res)
+        step = models.autoencoder.downsample_factor * 2 ** (len(models.model.channel_mult) - 1)
+        if size[0] % step or size[1] % step:
+            raise LayoutError(f"height and width must be multiples of {step} for this checkpoint, got "
+                              f"{size[0]}x{size[1]}")
+        if mode.is_spatial and size != (res, res):
+            raise LayoutError(f"{mode.name} checkpoints generate {res}x{res} only: their downsampler turns the "
+                              f"condition map into a fixed {models.model.image_size}x{models.model.image_size} "
+                              f"latent map (got --height {size[0]} --width {size[1]})")
+        return size
 
     def features(self):
         """CLIP phrase / reference-image features (loaded once, only for box modes)."""
@@ -187,6 +227,8 @@ class Runner:
         """SD v1.4's 4-channel first conv, needed by spatial-map models at steps whose gate scale is 0:
         ``--sd_first_conv`` if given, else :func:`ldm.checkpoint.load_sd_first_conv` (working-directory
         file, Hub cache, or a 46 KB ranged read from the Hub). None (with a warning) if unavailable."""
+        if self._sd_conv is None and self.settings.base_model:
+            self._sd_conv = self.base().first_conv()  # the base's own first conv
         if self._sd_conv is None:
             try:
                 self._sd_conv = load_sd_first_conv()
@@ -220,12 +262,14 @@ class Runner:
         if model.downsample_net is not None and 0 in alpha_generator(s.num_steps, gen.alpha_type):
             model.sd_first_conv = self.sd_first_conv()
         B = s.batch_size
+        H, W = self.image_size(models, mode)
+        f = models.autoencoder.downsample_factor
 
         # grounding batch (CPU float32) -> device / dtype
         dim = getattr(model.position_net, "in_dim", None)
         needs_clip = mode.is_box and (any(p is not None for p in gen.phrases) or
                                       (mode.family == "text_image" and any(p is not None for p in gen.images)))
-        batch = prepare_batch(gen, mode, B, models.image_resolution, dim=dim,
+        batch = prepare_batch(gen, mode, B, H, dim=dim,
                               features=self.features() if needs_clip else None,
                               max_persons=getattr(model.position_net, "max_persons_per_image", 8))
         # coordinates stay float32 (Fourier features of boxes / points are computed in float32)
@@ -248,8 +292,8 @@ class Runner:
         mask = z0 = inpainting_extra = None
         if mode.inpaint:
             # float32 boxes whatever the model dtype: the mask truncates int(coord * size) as the original
-            mask = draw_masks_from_boxes(boxes_tensor(gen.boxes, B), model.image_size).to(dev)
-            image = inpainting_image(gen.input_image, models.image_resolution).to(dev, dt)
+            mask = draw_masks_from_boxes(boxes_tensor(gen.boxes, B), (H // f, W // f)).to(dev)
+            image = inpainting_image(gen.input_image, (H, W)).to(dev, dt)
             z0 = models.autoencoder.encode(image)
             inpainting_extra = torch.cat([z0 * mask, mask], dim=1).to(dt)  # (B, 4 + 1, h, w)
 
@@ -259,7 +303,7 @@ class Runner:
         input = dict(x=x, timesteps=None, context=context, grounding_input=grounding_input,
                      inpainting_extra_input=inpainting_extra,
                      grounding_extra_input=gdi.prepare(batch) if gdi is not None else None)
-        shape = (B, model.in_channels, model.image_size, model.image_size)
+        shape = (B, model.in_channels, H // f, W // f)
         samples = sampler.sample(S=s.num_steps, shape=shape, input=input, uc=uc, guidance_scale=s.guidance_scale,
                                  mask=mask, x0=z0)
         images = models.autoencoder.decode(samples.to(dt)).float()
@@ -276,6 +320,7 @@ class Runner:
         entry["seed"] = result.seed
         entry["ckpt"] = _ckpt_record(gen, result.checkpoint, self.settings.ckpt)
         record = {"settings": self.settings.record(), "generations": [entry]}
+        record["settings"]["height"], record["settings"]["width"] = (int(v) for v in result.images.shape[-2:])
         annotate = _annotator(gen, mode)
         paths = []
         for k, array in enumerate(to_uint8(result.images)):
