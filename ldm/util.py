@@ -1,16 +1,28 @@
-"""Config helpers: build objects from ``{target: "pkg.mod.Class", params: {...}}`` nodes."""
+"""Config helpers: build objects from ``{target: "pkg.mod.Class", params: {...}}`` nodes.
+
+Targets resolve through :mod:`ldm.registry` first (the class paths of the released configs, built
+without importing the named module); any other dotted path is imported, which is right for a
+user's own YAML on disk. Configs embedded in checkpoints are checked against the registry by
+``ldm.checkpoint`` before they get here.
+"""
 from __future__ import annotations
 
 import importlib
 from typing import Any, Mapping
 
+from ldm import registry
+
 _SENTINELS = ("__is_first_stage__", "__is_unconditional__")
 
 
 def get_obj_from_str(path: str) -> Any:
-    """``"pkg.module.Name"`` -> the object ``Name`` of ``pkg.module``."""
+    """``"pkg.module.Name"`` -> the registered builder for that path, else ``Name`` of ``pkg.module``."""
+    if not isinstance(path, str):
+        raise ValueError(f"target must be a dotted path string 'module.Class', got {path!r}")
+    if registry.is_registered(path):
+        return registry.resolve(path)
     module, _, name = path.rpartition(".")
-    if not module:
+    if not module or not name:
         raise ValueError(f"target must be a dotted path 'module.Class', got {path!r}")
     try:
         return getattr(importlib.import_module(module), name)
@@ -26,9 +38,11 @@ def instantiate_from_config(config: Mapping | str | None) -> Any:
     """
     if isinstance(config, str) and config in _SENTINELS:
         return None
-    if config is None or "target" not in config:
+    if config is None or not hasattr(config, "keys") or "target" not in config:
         raise KeyError("Expected key `target` to instantiate.")
     params = config.get("params", None) or {}
+    if not hasattr(params, "keys"):
+        raise ValueError(f"'params' of {config['target']!r} must be a mapping, got {type(params).__name__}")
     return get_obj_from_str(config["target"])(**to_plain(params))
 
 
