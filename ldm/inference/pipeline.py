@@ -287,8 +287,9 @@ class Runner:
                                  mask=mask, x0=z0)
         images = models.autoencoder.decode(samples.to(dt)).float()
         if not torch.isfinite(images).all():
+            hint = "try --dtype fp32 or a smaller guidance scale" if s.dtype != "fp32" else "try a smaller guidance scale"
             raise ResolveError(f"sampling produced NaN/inf values (checkpoint {os.path.basename(path)}, dtype "
-                               f"{s.dtype}); nothing was saved. Try --dtype fp32 or a smaller guidance scale")
+                               f"{s.dtype}); nothing was saved: {hint}")
         return Result(images=images, latents=samples, generation=gen, mode=mode, checkpoint=path, seed=seed)
 
     # ---------------------------------------------------------------- saving
