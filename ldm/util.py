@@ -8,6 +8,7 @@ user's own YAML on disk. Configs embedded in checkpoints are checked against the
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any, Mapping
 
 from ldm import registry
@@ -15,19 +16,24 @@ from ldm import registry
 _SENTINELS = ("__is_first_stage__", "__is_unconditional__")
 
 
+class ConfigTargetError(ImportError, ValueError):
+    """A config ``target`` that does not resolve, or ``params`` its callable does not take (one line;
+    an ``ImportError`` for old handlers and a ``ValueError`` for usage-error handlers)."""
+
+
 def get_obj_from_str(path: str) -> Any:
     """``"pkg.module.Name"`` -> the registered builder for that path, else ``Name`` of ``pkg.module``."""
     if not isinstance(path, str):
-        raise ValueError(f"target must be a dotted path string 'module.Class', got {path!r}")
+        raise ConfigTargetError(f"target must be a dotted path string 'module.Class', got {path!r}")
     if registry.is_registered(path):
         return registry.resolve(path)
     module, _, name = path.rpartition(".")
     if not module or not name:
-        raise ValueError(f"target must be a dotted path 'module.Class', got {path!r}")
+        raise ConfigTargetError(f"target must be a dotted path 'module.Class', got {path!r}")
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
-        raise ImportError(f"cannot resolve config target {path!r}: {e}") from e
+        raise ConfigTargetError(f"cannot resolve config target {path!r}: {e}") from e
 
 
 def instantiate_from_config(config: Mapping | str | None) -> Any:
@@ -42,8 +48,16 @@ def instantiate_from_config(config: Mapping | str | None) -> Any:
         raise KeyError("Expected key `target` to instantiate.")
     params = config.get("params", None) or {}
     if not hasattr(params, "keys"):
-        raise ValueError(f"'params' of {config['target']!r} must be a mapping, got {type(params).__name__}")
-    return get_obj_from_str(config["target"])(**to_plain(params))
+        raise ConfigTargetError(f"'params' of {config['target']!r} must be a mapping, got {type(params).__name__}")
+    params = to_plain(params)
+    obj = get_obj_from_str(config["target"])
+    try:
+        inspect.signature(obj).bind(**params)
+    except TypeError as e:
+        raise ConfigTargetError(f"params of {config['target']!r} do not fit it: {e}") from None
+    except ValueError:  # no signature available (some builtins): let the call decide
+        pass
+    return obj(**params)
 
 
 def to_plain(obj: Any) -> Any:

@@ -95,6 +95,15 @@ def test_user_yaml_may_name_any_importable_class_and_original_paths():
     assert ds.prepare({"canny_edge": torch.ones(1)}).item() == 1
 
 
+def test_user_yaml_errors_are_one_line_value_errors():
+    from ldm.util import ConfigTargetError, instantiate_from_config
+
+    with pytest.raises(ValueError, match="cannot resolve config target 'no_such_pkg.Model'"):
+        instantiate_from_config({"target": "no_such_pkg.Model"})
+    with pytest.raises(ConfigTargetError, match="do not fit it: .*'ddconfig'"):
+        instantiate_from_config({"target": "ldm.models.autoencoder.AutoencoderKL", "params": {"embed_dim": 4}})
+
+
 def test_find_untrusted_names_target_and_non_data():
     assert registry.find_untrusted(tiny_config("sem")) is None
     assert registry.find_untrusted({"a": [{"target": "os.system"}]}) == ("target", "os.system")

@@ -212,6 +212,12 @@ def test_brackets_quotes_unicode_saved_and_reloadable_subprocess(tiny, tmp_path)
     assert (folder / "1.png").exists()
 
 
+def test_layout_file_that_is_not_text(tiny, tmp_path, capsys):
+    (tmp_path / "bin.json").write_bytes(b"\xff\xfe\x00garbage")
+    err = in_process(capsys, ["--layout", str(tmp_path / "bin.json"), "--device", "cpu"])
+    assert "cannot read layout file" in err and "not UTF-8" in err
+
+
 # ------------------------------------------------------------------------------------ semantic maps
 def test_semantic_map_id_151_subprocess(tiny, tmp_path):
     Image.new("L", (16, 16), 151).save(tmp_path / "sem151.png")

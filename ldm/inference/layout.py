@@ -370,8 +370,12 @@ def read_layout_file(path: str) -> tuple[dict, list]:
     """Read a JSON / YAML layout file -> ``(settings, raw entries)``."""
     if not os.path.isfile(path):
         raise LayoutError(f"layout file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise LayoutError(f"cannot read layout file {path}: {e.strerror if isinstance(e, OSError) else 'not UTF-8 text'}") \
+            from None
     try:
         if path.lower().endswith((".yaml", ".yml")):
             import yaml
