@@ -102,15 +102,15 @@ def run(argv=None) -> list[str]:
         file_settings, _ = read_layout_file(args.layout)
         settings = Settings.merged(file_settings, **cli)
         _, gens = load_layout(args.layout, settings.box_format)  # validate everything before running
-        runner = Runner(settings)
     else:
-        settings = Settings.merged(None, **cli)
-        runner = Runner(settings)
-        gens = _example_generations(settings, runner)
+        settings, gens = Settings.merged(None, **cli), None
     try:  # before any model is loaded; the exact sub-folder is proven writable before sampling
         check_creatable(settings.folder)
     except OSError as e:
         raise LayoutError(f"cannot write to the output folder {settings.folder}: {e.strerror} ({e.filename})") from None
+    runner = Runner(settings)
+    if gens is None:
+        gens = _example_generations(settings, runner)
     paths = []
     for gen in gens:
         written = runner.run(gen)

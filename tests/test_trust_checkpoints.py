@@ -122,6 +122,21 @@ def test_embedded_config_target_refused_before_import(clean, tmp_path, where, su
     assert not os.path.exists(marker)
 
 
+def test_omegaconf_config_dict_is_checked_too(clean, tmp_path):
+    """Released files pickle ``config_dict`` as an OmegaConf DictConfig: the same check applies."""
+    from omegaconf import OmegaConf
+
+    marker = tmp_path / "OMEGA_RAN"
+    ckpt = load_checkpoint_file(clean)
+    config = tiny_config("text")
+    config["diffusion"] = {"target": "os.system", "params": {"command": f"touch {marker}"}}
+    ckpt["config_dict"] = OmegaConf.create(config)
+    torch.save(ckpt, tmp_path / "omega.pth")
+    with pytest.raises(UntrustedCheckpointError, match="naming the target os.system"):
+        build_from_checkpoint(tmp_path / "omega.pth")
+    assert not marker.exists()
+
+
 def test_unknown_target_module_is_never_imported(clean, tmp_path, monkeypatch):
     canary_marker = tmp_path / "IMPORTED"
     (tmp_path / "trust_canary_mod.py").write_text(f"open({str(canary_marker)!r}, 'w').close()\nclass Thing: pass\n")

@@ -186,7 +186,7 @@ class Runner:
         config = None
         if "config_dict" not in ckpt:
             config = fallback_config(ckpt.get("model", {}))
-        models = build_from_checkpoint(ckpt, device="cpu", config=config)
+        models = build_from_checkpoint(ckpt, device="cpu", config=config, source=path)
         del ckpt
         models.to(self.device, self.dtype)
         mode = mode_of_models(models)
