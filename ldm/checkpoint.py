@@ -1,9 +1,16 @@
 """Checkpoint I/O: official GLIGEN files, SD v1.4 ``.ckpt`` files, safetensors, atomic writes.
 
-Loading is safe by default: ``torch.load(weights_only=True)`` with an allow-list of the few
-classes official files pickle (OmegaConf containers in ``config_dict``). A file that needs any
-other class is refused with an error naming it; ``GLIGEN_TRUST_CHECKPOINTS=1`` (or
-``trust=True``) lifts that for files you trust.
+A downloaded file is data. Loading is safe by default:
+
+* ``torch.load(weights_only=True)`` with an allow-list of the few classes official files pickle
+  (OmegaConf containers in ``config_dict``); a file that needs any other Python object is refused
+  (:class:`UntrustedCheckpointError`) naming it, read from the pickle opcodes;
+* the embedded config (``config_dict``, safetensors metadata) may only name targets of
+  :mod:`ldm.registry` with plain-data params; anything else is refused when the file is read,
+  before anything is imported (:func:`check_config_trusted`).
+
+``GLIGEN_TRUST_CHECKPOINTS=1`` (or ``trust=True``) lifts both for files you trust. Every error is
+a one-line :class:`CheckpointError`.
 """
 from __future__ import annotations
 
