@@ -11,15 +11,18 @@ Usage::
     python convert_ckpt.py --ckpt_path gligen_text_box.pth --new_ckpt_path inpaint_init.pth
     python main.py --yaml_file configs/flickr_text.yaml --inpaint_mode True --ckpt inpaint_init.pth ...
 
-The output holds ``{"model": ...}`` as the original, plus (our addition) ``config_dict`` with
-``inpaint_mode: True`` when the source had one, so the file documents what it is;
-``--keep_all`` also keeps ``text_encoder`` / ``autoencoder`` / ``diffusion`` (a file that
-``ldm.checkpoint.build_from_checkpoint`` and ``gligen_inference.py`` can load directly).
+Nothing is lost: the output keeps every part of the source (``text_encoder`` / ``autoencoder`` /
+``diffusion``, an ``ema`` copy widened like the model) and its ``config_dict`` with
+``inpaint_mode: True``, so ``gligen_inference.py`` can load it directly; only optimizer / scheduler
+state, which describes the 4-channel weights, is left out. ``--model_only`` writes just
+``{"model": ...}`` (plus ``config_dict``) as the original did. The output may not be the input
+(also through a symlink, a hard link or a relative path) and is written atomically.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 
 import torch
@@ -53,23 +56,36 @@ def add_additional_channels(state_dict: dict, num_of_additional_channels: int) -
     return state_dict
 
 
-def convert_to_inpainting(ckpt: dict, in_channels: int = 4, keep_all: bool = False) -> dict:
-    """A GLIGEN checkpoint dict -> the inpainting initialisation dict (see the module docstring)."""
-    if "model" not in ckpt:
-        raise KeyError(f"checkpoint has no 'model' entry (keys: {sorted(ckpt)})")
-    model = dict(ckpt["model"])
-    if FIRST_CONV not in model:
-        raise KeyError(f"checkpoint model has no {FIRST_CONV!r}")
-    have = model[FIRST_CONV].shape[1]
-    if have != in_channels:
-        raise ValueError(f"{FIRST_CONV} has {have} input channels, expected {in_channels} "
+#: training state that describes the 4-channel weights: not carried into the widened file
+STALE_KEYS = ("opt", "scheduler", "scaler")
+
+
+def _widened(state: dict, in_channels: int, what: str) -> dict:
+    if not isinstance(state, dict) or FIRST_CONV not in state:
+        raise KeyError(f"checkpoint {what} has no {FIRST_CONV!r}")
+    state = dict(state)
+    w = state[FIRST_CONV]
+    if not isinstance(w, torch.Tensor) or w.dim() != 4:
+        raise ValueError(f"{what} {FIRST_CONV} must be a 4-D tensor")
+    if w.shape[1] != in_channels:
+        raise ValueError(f"{FIRST_CONV} has {w.shape[1]} input channels, expected {in_channels} "
                          f"(already converted, or a spatial-condition model?)")
-    add_additional_channels(model, in_channels + 1)
-    out = {"model": model}
+    return add_additional_channels(state, in_channels + 1)
+
+
+def convert_to_inpainting(ckpt: dict, in_channels: int = 4, keep_all: bool = True) -> dict:
+    """A GLIGEN checkpoint dict -> the inpainting initialisation dict (see the module docstring).
+
+    ``keep_all`` (default): every entry but :data:`STALE_KEYS`, with ``model`` and ``ema`` widened;
+    False: ``model`` (+ ``config_dict``) only, as the original.
+    """
+    if "model" not in ckpt:
+        raise KeyError(f"checkpoint has no 'model' entry (keys: {sorted(map(str, ckpt))})")
+    out = {"model": _widened(ckpt["model"], in_channels, "model")}
     if keep_all:
-        for k in ("text_encoder", "autoencoder", "diffusion"):
-            if k in ckpt:
-                out[k] = ckpt[k]
+        for k, v in ckpt.items():
+            if k not in out and k not in STALE_KEYS and k != "config_dict":
+                out[k] = _widened(v, in_channels, "ema") if k == "ema" else v
     if "config_dict" in ckpt:
         from ldm.checkpoint import config_from_checkpoint, make_config_dict
 
@@ -86,8 +102,9 @@ def main(argv=None) -> int:
                                              "channels (zero-initialised) for inpainting training.")
     ap.add_argument("--ckpt_path", type=str, default=None, help="source GLIGEN checkpoint (.pth/.bin/.safetensors)")
     ap.add_argument("--new_ckpt_path", type=str, default=None, help="where to write the converted checkpoint")
-    ap.add_argument("--keep_all", action="store_true",
-                    help="also keep text_encoder/autoencoder/diffusion (loadable by gligen_inference.py)")
+    ap.add_argument("--keep_all", action="store_true", help="(the default; kept for compatibility)")
+    ap.add_argument("--model_only", action="store_true",
+                    help="write only 'model' (+ config_dict), as the original script did")
     ap.add_argument("--to_diffusers", metavar="OUT_DIR", default=None,
                     help="instead: write --ckpt_path as a diffusers folder (model_index.json, unet/, vae/, ...)")
     ap.add_argument("--from_diffusers", metavar="DIR_OR_REPO", default=None,
@@ -105,16 +122,35 @@ def main(argv=None) -> int:
     from ldm.checkpoint import CheckpointError, load_checkpoint_file, save_checkpoint
 
     try:
+        check_paths(args.ckpt_path, args.new_ckpt_path)
         ckpt = load_checkpoint_file(args.ckpt_path)
-        out = convert_to_inpainting(ckpt, keep_all=args.keep_all)
+        out = convert_to_inpainting(ckpt, keep_all=not args.model_only)
         save_checkpoint(out, args.new_ckpt_path)
-    except (CheckpointError, KeyError, ValueError, OSError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {msg}", file=sys.stderr)
+    except Exception as e:  # one line, never a traceback (GLIGEN_DEBUG=1 shows it)
+        if os.environ.get("GLIGEN_DEBUG"):
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        if not isinstance(e, (CheckpointError, KeyError, ValueError, OSError)):
+            msg = f"{type(e).__name__}: {msg}"
+        print(f"error: {(str(msg).strip().splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
         return 1
     w = out["model"][FIRST_CONV]
-    print(f"wrote {args.new_ckpt_path}: {FIRST_CONV} {tuple(w.shape)} (channels 4..8 zero)")
+    print(f"wrote {args.new_ckpt_path}: {FIRST_CONV} {tuple(w.shape)} (channels 4..8 zero); "
+          f"kept {', '.join(k for k in out if k != 'model') or 'nothing else'}")
     return 0
+
+
+def check_paths(src: str, dst: str) -> None:
+    """Refuse an output that is the input (same file through a symlink, hard link or relative path)
+    or a folder, before anything is read or written."""
+    if os.path.isdir(dst):
+        raise ValueError(f"--new_ckpt_path {dst} is a folder; give a file name")
+    same = os.path.realpath(src) == os.path.realpath(dst)
+    if not same and os.path.exists(src) and os.path.exists(dst):
+        same = os.path.samefile(src, dst)
+    if same:
+        raise ValueError(f"--new_ckpt_path {dst} is the input checkpoint {src}; write the converted file "
+                         "elsewhere (the input is kept intact)")
 
 
 if __name__ == "__main__":

@@ -92,8 +92,10 @@ def _example_generations(settings, runner):
 
 def run(argv=None) -> list[str]:
     """Parse ``argv`` and run every generation; returns the written paths (errors raise)."""
+    from ldm.inference.errors import LayoutError
     from ldm.inference.layout import load_layout, read_layout_file
     from ldm.inference.pipeline import Runner, Settings
+    from ldm.inference.saving import check_creatable
 
     args = build_parser().parse_args(argv)
     sampler = "ddim" if args.no_plms else args.sampler
@@ -108,10 +110,14 @@ def run(argv=None) -> list[str]:
         settings = Settings.merged(file_settings, **cli)
         canvas = (settings.width or 512, settings.height or 512) if settings.width or settings.height else None
         _, gens = load_layout(args.layout, settings.box_format, canvas)  # validate everything before running
-        runner = Runner(settings)
     else:
-        settings = Settings.merged(None, **cli)
-        runner = Runner(settings)
+        settings, gens = Settings.merged(None, **cli), None
+    try:  # before any model is loaded; the exact sub-folder is proven writable before sampling
+        check_creatable(settings.folder)
+    except OSError as e:
+        raise LayoutError(f"cannot write to the output folder {settings.folder}: {e.strerror} ({e.filename})") from None
+    runner = Runner(settings)
+    if gens is None:
         gens = _example_generations(settings, runner)
     paths = []
     for gen in gens:
@@ -122,19 +128,34 @@ def run(argv=None) -> list[str]:
 
 
 def main(argv=None) -> int:
-    """CLI entry point: ``error: <one line>`` and exit status 2 for bad input or missing resources."""
+    """CLI entry point: ``error: <one line>`` and exit status 2 for bad input or missing resources,
+    1 for anything else (``GLIGEN_DEBUG=1`` shows the traceback)."""
     from ldm.checkpoint import CheckpointError
     from ldm.inference.errors import LayoutError, ResolveError
 
     try:
         run(argv)
     except (LayoutError, ResolveError, CheckpointError) as e:
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        if os.environ.get("GLIGEN_DEBUG"):
+            raise
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # out of memory, a full disk, a bug: still one line, never a traceback
+        if os.environ.get("GLIGEN_DEBUG"):
+            raise
+        kind = "out of memory" if "OutOfMemory" in type(e).__name__ else type(e).__name__
+        print(f"error: {kind}: {_one_line(e)} (set GLIGEN_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
 
 
 if __name__ == "__main__":

@@ -113,7 +113,13 @@ def main(argv=None) -> str:
     ap.add_argument("--n_images", type=int, default=8, help="training images (default 8)")
     ap.add_argument("--seed", type=int, default=0, help="seed of weights, images and boxes (default 0)")
     args = ap.parse_args(argv)
-    root = make_tiny_training_root(args.root, args.n_images, args.seed)
+    if args.n_images < 1:
+        ap.error(f"--n_images must be at least 1, got {args.n_images}")
+    try:
+        root = make_tiny_training_root(args.root, args.n_images, args.seed)
+    except OSError as e:  # one line, never a traceback
+        print(f"error: cannot write the tiny training root {args.root}: {e.strerror or e}", file=sys.stderr)
+        raise SystemExit(1) from None
     print(f"tiny training root: {root} ({args.n_images} images, {SD_NAME}, {CLIP_DIR}/, {TSV_REL}, {LAYOUT_NAME})")
     return root
 

@@ -29,7 +29,7 @@ import warnings
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from PIL import Image  # noqa: E402
+from ldm.image_io import ImageError, open_image  # noqa: E402
 
 from dataset.codec import encode_embedding_b64, encode_image_b64, encode_row  # noqa: E402
 from dataset.tsv import TSVWriter  # noqa: E402
@@ -61,6 +61,8 @@ def _clean_anno(anno: dict, data_id, anno_id) -> dict:
 def _from_simple(entries: list, detection: bool) -> list[dict]:
     items, next_anno_id = [], 0
     for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("annos", []), list):
+            raise ValueError(f"entry {i} must be an object with 'file_name', 'caption' and an 'annos' list")
         if "file_name" not in entry:
             raise ValueError(f"entry {i} has no 'file_name'")
         item = {k: copy.deepcopy(v) for k, v in entry.items() if k not in ("annos", "id") + DROPPED_IMAGE_FIELDS}
@@ -119,17 +121,30 @@ def load_annotations(annotations, detection: bool = False) -> list[dict]:
     Item: ``{"data_id", "file_name", "caption" | "is_det": True, "annos": [{"bbox", "id", "data_id",
     "tokens_positive" | "phrase" | "category_name", ...}], ...}`` (``iscrowd``/``area`` removed).
     """
+    source = "annotations"
     if isinstance(annotations, (str, os.PathLike)):
-        with open(annotations, encoding="utf-8") as f:
-            annotations = json.load(f)
-    if isinstance(annotations, dict) and "images" in annotations:
-        items = _from_coco(annotations, detection)
-    elif isinstance(annotations, list):
-        items = _from_simple(annotations, detection)
-    else:
-        raise ValueError("unsupported annotation format: expected a list of per-image entries or a "
-                         "COCO-style object with 'images' and 'annotations'")
+        source = os.fspath(annotations)
+        if not os.path.isfile(source):
+            raise FileNotFoundError(f"annotation file not found: {source}")
+        try:
+            with open(source, encoding="utf-8") as f:
+                annotations = json.load(f)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"annotation file {source} is not valid JSON: {e}") from None
+    try:
+        if isinstance(annotations, dict) and "images" in annotations:
+            items = _from_coco(annotations, detection)
+        elif isinstance(annotations, list):
+            items = _from_simple(annotations, detection)
+        else:
+            raise ValueError("unsupported annotation format: expected a list of per-image entries or a "
+                             "COCO-style object with 'images' and 'annotations'")
+    except (KeyError, TypeError, AttributeError) as e:
+        what = f"missing key {e.args[0]!r}" if isinstance(e, KeyError) and e.args else str(e)
+        raise ValueError(f"{source}: malformed annotations ({what})") from None
     for item in items:
+        if not isinstance(item.get("file_name"), str) or not item["file_name"]:
+            raise ValueError(f"{source}: image {item.get('data_id')} has no 'file_name' string")
         if detection:
             item["is_det"] = True
             item.pop("caption", None)
@@ -139,6 +154,9 @@ def load_annotations(annotations, detection: bool = False) -> list[dict]:
         elif not isinstance(item.get("caption"), str):
             raise ValueError(f"image {item['data_id']} ({item['file_name']}) has no caption "
                              f"(use --detection for detection data)")
+        else:
+            for anno in item["annos"]:  # every phrase is known before any image is read or file written
+                phrase_of(anno, item["caption"], False)
     return items
 
 
@@ -147,11 +165,20 @@ def phrase_of(anno: dict, caption: str | None, is_det: bool) -> str:
     ``tokens_positive`` span joined by spaces, or the anno's ``phrase``."""
     if is_det:
         return str(anno["category_name"])
-    if anno.get("tokens_positive"):
-        return " ".join(caption[s:e] for s, e in anno["tokens_positive"])
-    if anno.get("phrase"):
-        return str(anno["phrase"])
-    raise ValueError(f"annotation {anno.get('id')} has neither 'tokens_positive' nor 'phrase'")
+    spans = anno.get("tokens_positive")
+    if spans:
+        ok = isinstance(spans, list) and isinstance(caption, str) and all(
+            isinstance(sp, (list, tuple)) and len(sp) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                   for v in sp)
+            and 0 <= sp[0] < sp[1] <= len(caption) for sp in spans)
+        if not ok:
+            raise ValueError(f"annotation {anno.get('id')}: 'tokens_positive' must be [[start, end], ...] character "
+                             f"spans inside the caption, got {spans!r}")
+        return " ".join(caption[s:e] for s, e in spans)
+    if isinstance(anno.get("phrase"), str) and anno["phrase"].strip():
+        return anno["phrase"]
+    raise ValueError(f"annotation {anno.get('id')} (image {anno.get('data_id')}) has no phrase: give 'phrase' or "
+                     "'tokens_positive'")
 
 
 # ----------------------------------------------------------------------------- embeddings
@@ -218,8 +245,8 @@ def make_tsv(annotations, image_root: str, out: str, clip: str = "openai/clip-vi
         for item in tqdm(items, desc=f"make_tsv {os.path.basename(out)}", disable=not progress):
             path = os.path.join(image_root, item["file_name"])
             try:
-                image = Image.open(path).convert("RGB")
-            except (OSError, ValueError, SyntaxError) as e:
+                image = open_image(path, "RGB")
+            except ImageError as e:
                 warnings.warn(f"skipping unreadable image {path}: {e}", RuntimeWarning)
                 stats["skipped_images"] += 1
                 continue
@@ -237,11 +264,15 @@ def make_tsv(annotations, image_root: str, out: str, clip: str = "openai/clip-vi
                 flush()
                 n_pending = 0
         flush()
+        if items and stats["rows"] == 0:  # raising aborts the writer: an existing output stays as it was
+            raise ValueError(f"no row written: none of the {len(items)} images under {image_root} could be read")
     return stats
 
 
 # ----------------------------------------------------------------------------- CLI
 def main(argv=None) -> dict:
+    """CLI: prints the counts; bad input is ``error: <one line>`` and exit status 1 (the output TSV,
+    written to a temporary file and renamed at the end, is left as it was)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--image_root", required=True, help="folder the annotation file names are relative to")
     ap.add_argument("--annotations", required=True, help="annotation JSON (simple or COCO-like)")
@@ -253,9 +284,24 @@ def main(argv=None) -> dict:
     ap.add_argument("--chunk_idx", type=int, default=0)
     ap.add_argument("--total_chunk", type=int, default=1)
     args = ap.parse_args(argv)
-    stats = make_tsv(args.annotations, args.image_root, args.out, clip=args.clip, detection=args.detection,
-                     batch_size=args.batch_size, device=args.device, chunk_idx=args.chunk_idx,
-                     total_chunk=args.total_chunk)
+    try:
+        if os.path.isdir(args.out):
+            raise ValueError(f"--out {args.out} is a folder; give a .tsv file name")
+        if not os.path.isdir(args.image_root):
+            raise FileNotFoundError(f"image folder not found: {args.image_root}")
+        if args.batch_size < 1 or args.total_chunk < 1:
+            raise ValueError("--batch_size and --total_chunk must be positive")
+        stats = make_tsv(args.annotations, args.image_root, args.out, clip=args.clip, detection=args.detection,
+                         batch_size=args.batch_size, device=args.device, chunk_idx=args.chunk_idx,
+                         total_chunk=args.total_chunk)
+    except Exception as e:  # one line, never a traceback (GLIGEN_DEBUG=1 shows it)
+        if os.environ.get("GLIGEN_DEBUG"):
+            raise
+        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        if not isinstance(e, (ValueError, OSError, KeyError)):
+            msg = f"{type(e).__name__}: {msg}"
+        print(f"error: {(msg.strip().splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
+        raise SystemExit(1) from None
     print(json.dumps(stats))
     return stats
 

@@ -13,15 +13,16 @@ import argparse
 import math
 import os
 import re
-import shutil
 import sys
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dataset.tsv import TSVFile, TSVWriter  # noqa: E402
+from dataset.tsv import TSVFile, TSVWriter, lineidx_path_for  # noqa: E402
 
 __all__ = ["natural_key", "list_tsv_parts", "merge", "split", "main"]
+
+_PART = re.compile(r"^train-\d+\.(tsv|lineidx)$")
 
 
 def natural_key(name: str):
@@ -50,7 +51,7 @@ def merge(merge_in_folder: str, merge_out_folder: str, out_name: str = "train-00
     if not parts:
         raise FileNotFoundError(f"no .tsv files in {merge_in_folder}")
     out = os.path.join(merge_out_folder, out_name)
-    if os.path.abspath(out) in map(os.path.abspath, parts):
+    if os.path.realpath(out) in map(os.path.realpath, parts):
         raise ValueError("the merged file would overwrite one of its parts; use another output folder")
     with TSVWriter(out) as writer:
         for part in parts:
@@ -62,12 +63,21 @@ def merge(merge_in_folder: str, merge_out_folder: str, out_name: str = "train-00
 def split(tsv_path: str, out_folder: str, keep_folder_if_exist: bool = False,
           chuck_size: int = 1024 * 1024 * 1024, lineidx_path: str | None = None) -> list[str]:
     """Split ``tsv_path`` into ``out_folder/train-{k:04d}.tsv`` parts of about ``chuck_size`` bytes."""
+    if not os.path.isfile(tsv_path):
+        raise FileNotFoundError(f"TSV file not found: {tsv_path}")
+    if int(chuck_size) < 1:
+        raise ValueError(f"--chuck_size must be a positive number of bytes, got {chuck_size}")
     tsv = TSVFile(tsv_path, lineidx=lineidx_path)
     n = len(tsv)
     n_parts = max(1, os.path.getsize(tsv_path) // max(1, int(chuck_size)))
     rows_per_part = max(1, math.ceil(n / n_parts))
     if os.path.isdir(out_folder) and not keep_folder_if_exist:
-        shutil.rmtree(out_folder)
+        # only earlier parts are removed (never the input, nor anything else in the folder)
+        inputs = {os.path.realpath(tsv_path), os.path.realpath(lineidx_path or lineidx_path_for(tsv_path))}
+        for name in os.listdir(out_folder):
+            path = os.path.join(out_folder, name)
+            if _PART.match(name) and os.path.isfile(path) and os.path.realpath(path) not in inputs:
+                os.remove(path)
     os.makedirs(out_folder, exist_ok=True)
     outputs = []
     for k, start in enumerate(range(0, n, rows_per_part)):
@@ -91,11 +101,19 @@ def main(argv=None):
     ap.add_argument("--merge_in_folder", type=str, default="out")
     ap.add_argument("--merge_out_folder", type=str, default="merged_tsv")
     args = ap.parse_args(argv)
-    if args.mode == "merge":
-        print(merge(args.merge_in_folder, args.merge_out_folder))
-    else:
-        for p in split(args.tsv_path, args.out_folder, args.keep_folder_if_exist, args.chuck_size, args.lineidx_path):
-            print(p)
+    try:
+        if args.mode == "merge":
+            print(merge(args.merge_in_folder, args.merge_out_folder))
+        else:
+            for p in split(args.tsv_path, args.out_folder, args.keep_folder_if_exist, args.chuck_size,
+                           args.lineidx_path):
+                print(p)
+    except Exception as e:  # one line, never a traceback (GLIGEN_DEBUG=1 shows it)
+        if os.environ.get("GLIGEN_DEBUG"):
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -92,7 +92,7 @@ def randomize_(model: torch.nn.Module, seed: int) -> None:
 
 
 def build_ours(preset: str, seed: int, init: bool = True):
-    from grounding_input.text_grounding_tokinzer_input import GroundingNetInput
+    from grounding_input.base import BoxTextInput as GroundingNetInput
     from ldm.util import instantiate_from_config
 
     cfg, _ = model_config(preset)

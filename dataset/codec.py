@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 __all__ = [
     "CorruptSampleError", "encode_image_b64", "decode_image_b64", "decode_image_bytes",
@@ -37,9 +37,11 @@ def encode_image_b64(image: Image.Image, format: str = "JPEG") -> str:
 
 def decode_image_bytes(data: bytes, mode: str = "RGB") -> Image.Image:
     """Image file bytes -> fully loaded PIL image converted to ``mode``."""
-    try:
-        return Image.open(BytesIO(data)).convert(mode)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    from ldm.image_io import ImageError, open_image
+
+    try:  # size-checked: a decompression bomb in a row is a corrupt sample, not an out-of-memory
+        return open_image(bytes(data), mode, "row image")
+    except ImageError as e:
         raise CorruptSampleError(f"undecodable image: {e}") from e
 
 

@@ -11,6 +11,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from .base_dataset import BaseDataset
+from ldm.image_io import ImageError, open_image
+
 from .codec import CorruptSampleError, require
 from .transforms import recalculate_box, transform_image, transform_point
 
@@ -112,8 +114,8 @@ class KeypointDataset(BaseDataset):
         image_id = self.image_ids[index]
         path = os.path.join(self.image_root, self.images[image_id]["file_name"])
         try:
-            pil = Image.open(path).convert("RGB")
-        except (OSError, ValueError, SyntaxError) as e:
+            pil = open_image(path, "RGB")
+        except ImageError as e:
             raise CorruptSampleError(f"cannot read image {path}: {e}") from e
         image, info = transform_image(pil, self.image_size, self.random_flip)
 

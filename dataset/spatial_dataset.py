@@ -75,9 +75,11 @@ def captions_for(image_paths, captions: dict, caption_path: str) -> list[str]:
 
 def open_image(path: str, mode: str = "RGB") -> Image.Image:
     """Fully loaded PIL image, or :class:`CorruptSampleError` naming the file."""
+    from ldm.image_io import ImageError, open_image as safe_open
+
     try:
-        return Image.open(path).convert(mode)
-    except (OSError, ValueError, SyntaxError) as e:
+        return safe_open(path, mode)
+    except ImageError as e:
         raise CorruptSampleError(f"cannot read image {path}: {e}") from e
 
 

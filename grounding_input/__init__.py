@@ -1,5 +1,6 @@
 """Batch -> grounding-network input adapters (see :mod:`grounding_input.base`).
 
-The ``*_grounding_tokinzer_input`` / ``*_grounding_downsampler_input`` modules keep the original
-(misspelled) class paths that released checkpoints name in their configs.
+The original per-modality class paths that released configs name
+(``grounding_input.<family>_grounding_tokinzer_input.GroundingNetInput``, misspelling kept) resolve
+through :mod:`ldm.registry`.
 """

@@ -1,9 +1,16 @@
 """Checkpoint I/O: official GLIGEN files, SD v1.4 ``.ckpt`` files, safetensors, atomic writes.
 
-Loading is safe by default: ``torch.load(weights_only=True)`` with an allow-list of the few
-classes official files pickle (OmegaConf containers in ``config_dict``). A file that needs any
-other class is refused with an error naming it; ``GLIGEN_TRUST_CHECKPOINTS=1`` (or
-``trust=True``) lifts that for files you trust.
+A downloaded file is data. Loading is safe by default:
+
+* ``torch.load(weights_only=True)`` with an allow-list of the few classes official files pickle
+  (OmegaConf containers in ``config_dict``); a file that needs any other Python object is refused
+  (:class:`UntrustedCheckpointError`) naming it, read from the pickle opcodes;
+* the embedded config (``config_dict``, safetensors metadata) may only name targets of
+  :mod:`ldm.registry` with plain-data params; anything else is refused when the file is read,
+  before anything is imported (:func:`check_config_trusted`).
+
+``GLIGEN_TRUST_CHECKPOINTS=1`` (or ``trust=True``) lifts both for files you trust. Every error is
+a one-line :class:`CheckpointError`.
 """
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ import os
 import pickle
 import tempfile
 import typing
+import warnings
 import zipfile
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +34,14 @@ MODEL_SECTIONS = ("model", "autoencoder", "text_encoder", "diffusion")
 
 class CheckpointError(RuntimeError):
     """A checkpoint file that is missing, truncated, tampered with or of the wrong layout."""
+
+
+class UntrustedCheckpointError(CheckpointError):
+    """A checkpoint that needs code to load: a pickled Python object outside the allow-list, or an
+    embedded config naming a class outside :mod:`ldm.registry` (``GLIGEN_TRUST_CHECKPOINTS=1`` lifts it)."""
+
+
+TRUST_HINT = "set GLIGEN_TRUST_CHECKPOINTS=1 only for files you trust"
 
 
 def _allowed_globals() -> list:
@@ -48,8 +64,9 @@ def _trusted(trust: bool | None) -> bool:
 def safe_torch_load(path: str | os.PathLike, map_location="cpu", trust: bool | None = None) -> Any:
     """``torch.load`` restricted to tensors, containers and OmegaConf config nodes.
 
-    Raises :class:`CheckpointError` (one clear line) for a missing, truncated or corrupted file, or one
-    that pickles a class outside the allow-list (named in the message).
+    Raises :class:`CheckpointError` (one clear line) for a missing, truncated or corrupted file, and
+    :class:`UntrustedCheckpointError` naming the Python object for one that pickles anything outside
+    the allow-list (found by reading the pickle opcodes, not by parsing torch's message).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -62,18 +79,16 @@ def safe_torch_load(path: str | os.PathLike, map_location="cpu", trust: bool | N
         except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
             raise CheckpointError(f"cannot read checkpoint {path} (truncated or corrupted?): {_first_line(e)}") from e
     try:
-        with torch.serialization.safe_globals(_allowed_globals()):
+        with torch.serialization.safe_globals(_allowed_globals()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
             return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        msg = str(e)
-        if "Unsupported global" in msg or "not an allowed global" in msg:
-            name = _unsupported_global(msg)
-            raise CheckpointError(
-                f"refusing to load {path}: it pickles {name}, which is not on the allow-list of safe classes. "
-                "If you trust this file, set GLIGEN_TRUST_CHECKPOINTS=1.") from e
-        raise CheckpointError(f"cannot read checkpoint {path} (truncated or corrupted?): {_first_line(e)}") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise CheckpointError(f"cannot read checkpoint {path} (truncated or corrupted?): {_first_line(e)}") from e
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError,
+            AttributeError, TypeError, IndexError, KeyError) as e:
+        name = _disallowed_global(path)
+        if name is not None:
+            raise UntrustedCheckpointError(f"refused: {path} needs the Python object {name}, which is not on the "
+                                           f"allow-list ({TRUST_HINT})") from None
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated or corrupted?): {_first_line(e)}") from None
 
 
 def _first_line(e: BaseException) -> str:
@@ -81,11 +96,89 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _unsupported_global(msg: str) -> str:
-    for marker in ("Unsupported global: GLOBAL ", "Unsupported global: "):
-        if marker in msg:
-            return msg.split(marker, 1)[1].split()[0]
-    return "an unknown class"
+_STRING_OPS = frozenset(("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING",
+                         "BINSTRING", "STRING"))
+
+
+def _pickle_globals(stream) -> list[str]:
+    """``module.name`` of every GLOBAL / INST / STACK_GLOBAL in one pickle (read with pickletools:
+    nothing is imported or executed). STACK_GLOBAL takes its two names from the values pushed
+    before it, following the memo."""
+    import pickletools
+
+    names, pushed, memo = [], [], {}
+    for op, arg, _ in pickletools.genops(stream):
+        kind = op.name
+        if kind in _STRING_OPS:
+            pushed.append(arg if isinstance(arg, str) else None)
+        elif kind == "MEMOIZE":
+            memo[len(memo)] = pushed[-1] if pushed else None
+        elif kind in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[arg] = pushed[-1] if pushed else None
+        elif kind in ("GET", "BINGET", "LONG_BINGET"):
+            pushed.append(memo.get(arg))
+        elif kind in ("GLOBAL", "INST"):
+            module, _, name = str(arg).partition(" ")
+            names.append(_python3_name(module, name))
+            pushed.append(None)
+        elif kind == "STACK_GLOBAL":
+            module, name = (pushed[-2:] if len(pushed) >= 2 else [None, None])
+            names.append(f"{module}.{name}" if module and name else "an object named at run time (STACK_GLOBAL)")
+            pushed.append(None)
+        else:
+            pushed.append(None)
+    return names
+
+
+def _python3_name(module: str, name: str) -> str:
+    """What the unpickler imports for a protocol-2 GLOBAL (Python 2 names such as ``commands.call``
+    are mapped back, as ``pickle`` does with ``fix_imports``)."""
+    import _compat_pickle
+
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    elif module in _compat_pickle.IMPORT_MAPPING:
+        module = _compat_pickle.IMPORT_MAPPING[module]
+    return f"{module}.{name}"
+
+
+def _disallowed_global(path: str) -> str | None:
+    """The first Python object a torch checkpoint's pickle(s) would import that loading refuses, or None."""
+    import io
+
+    allowed = {f"{c.__module__}.{getattr(c, '__qualname__', getattr(c, '_name', ''))}" for c in _allowed_globals()}
+    try:  # torch's own allow-list (tensor rebuild functions, storages, dtypes ...)
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        allowed |= set(_get_allowed_globals())
+        known_torch = False
+    except Exception:  # pragma: no cover - private API moved: accept every torch.* name
+        known_torch = True
+    blobs = []
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                blobs = [z.read(n) for n in z.namelist() if n.endswith(".pkl")]
+        else:
+            with open(path, "rb") as f:
+                blobs = [f.read()]
+    except (OSError, zipfile.BadZipFile, RuntimeError):
+        return None
+    for blob in blobs:
+        stream = io.BytesIO(blob)
+        for _ in range(5):  # the legacy format is several pickles back to back
+            if stream.tell() >= len(blob):
+                break
+            try:
+                names = _pickle_globals(stream)
+            except Exception:  # truncated / not a pickle: what was read so far still counts
+                break
+            for name in names:
+                torch_internal = name.startswith("torch.") and (
+                    known_torch or name.startswith("torch._utils._rebuild") or name.endswith("Storage"))
+                if name not in allowed and not torch_internal:
+                    return name
+    return None
 
 
 # -- safetensors ---------------------------------------------------------------------------
@@ -104,16 +197,26 @@ def _save_safetensors(obj: dict, path: str):
     save_file(tensors, path, metadata={"gligen": json.dumps(meta)})
 
 
-def _load_safetensors(path: str) -> dict:
+def _read_safetensors(path: str) -> tuple[dict, dict]:
+    """``(flat tensors, our 'gligen' JSON metadata)`` with one-line errors."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
 
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
     try:
         with safe_open(path, framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("gligen", "{}"))
         flat = load_file(path)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read safetensors file {path} (truncated or corrupted?): {_first_line(e)}") from e
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"cannot read safetensors file {path} (truncated or corrupted?): {_first_line(e)}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: its 'gligen' metadata is not a JSON object")
+    return flat, meta
+
+
+def _load_safetensors(path: str) -> dict:
+    flat, meta = _read_safetensors(path)
     out: dict = {}
     for key, t in flat.items():
         section, _, rest = key.partition(".")
@@ -130,12 +233,13 @@ def load_checkpoint_file(path: str | os.PathLike, trust: bool | None = None) -> 
     """Read a checkpoint dict from ``.pth``/``.bin``/``.ckpt`` (torch pickle) or ``.safetensors``."""
     path = os.fspath(path)
     if path.endswith(".safetensors"):
-        if not os.path.isfile(path):
-            raise CheckpointError(f"checkpoint not found: {path}")
-        return _load_safetensors(path)
-    obj = safe_torch_load(path, trust=trust)
+        obj = _load_safetensors(path)
+    else:
+        obj = safe_torch_load(path, trust=trust)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
+    if "config_dict" in obj:
+        config_from_checkpoint(obj, source=path, trust=trust)  # refuse an untrusted config before any use
     return obj
 
 
@@ -179,13 +283,41 @@ def _config_dict_content(config_dict: Any) -> Any:
     return config_dict
 
 
-def config_from_checkpoint(ckpt: dict) -> dict:
-    """The embedded training config as plain nested dicts (``config_dict["_content"]``)."""
+def config_from_checkpoint(ckpt: dict, source: str = "checkpoint", trust: bool | None = None) -> dict:
+    """The embedded training config as plain nested dicts (``config_dict["_content"]``).
+
+    The config is untrusted data: unless ``trust`` (or ``GLIGEN_TRUST_CHECKPOINTS=1``), every
+    ``target`` in it must be in :mod:`ldm.registry` and every value plain data, else
+    :class:`UntrustedCheckpointError` names the target (nothing is imported). ``source`` names the
+    file in messages.
+    """
     if "config_dict" not in ckpt:
-        raise CheckpointError("checkpoint has no 'config_dict'; pass the model config explicitly")
-    content = _config_dict_content(ckpt["config_dict"])
-    return {k: _plain_node(v) for k, v in to_plain(content).items()} if isinstance(content, dict) else \
-        to_plain(content)
+        raise CheckpointError(f"{source} has no 'config_dict'; pass the model config explicitly")
+    try:
+        content = to_plain(_config_dict_content(ckpt["config_dict"]))
+        config = {k: _plain_node(v) for k, v in content.items()} if isinstance(content, dict) else content
+    except Exception as e:  # OmegaConf interpolation / resolver errors
+        raise CheckpointError(f"{source}: its embedded config cannot be read: {_first_line(e)}") from None
+    if not _trusted(trust):
+        check_config_trusted(config, source)
+    return config
+
+
+def check_config_trusted(config: Any, source: str = "checkpoint") -> None:
+    """Refuse a config that came with a downloaded file (checkpoint, Hub repo) unless it only names
+    registered targets with plain-data params. Raises :class:`UntrustedCheckpointError`."""
+    from ldm.registry import find_untrusted
+
+    found = find_untrusted(config)
+    if found is None:
+        return
+    kind, detail = found
+    if kind == "target":
+        raise UntrustedCheckpointError(
+            f"refused: {source} has an embedded config naming the target {detail}, which is not in the registry "
+            f"of GLIGEN classes ({TRUST_HINT})")
+    raise UntrustedCheckpointError(f"refused: {source} has an embedded config holding a non-data value at "
+                                   f"{detail} ({TRUST_HINT})")
 
 
 def _plain_node(v: Any) -> Any:
@@ -231,31 +363,76 @@ class GLIGENModels:
         return self
 
 
-def load_strict(module: torch.nn.Module, state_dict: dict, what: str):
+def describe_load_error(message: str, show: int = 3) -> str:
+    """torch's multi-line ``load_state_dict`` error -> one line with the counts and first few keys
+    that are missing, unexpected, or of another shape."""
+    import re
+
+    found = {"missing": [], "unexpected": [], "with another shape": []}
+    for line in message.splitlines():
+        line = line.strip()
+        if line.startswith("Missing key(s)"):
+            found["missing"] += re.findall(r'"([^"]+)"', line)
+        elif line.startswith("Unexpected key(s)"):
+            found["unexpected"] += re.findall(r'"([^"]+)"', line)
+        elif line.startswith("size mismatch for "):
+            m = re.match(r"size mismatch for ([^:]+): .*?torch\.Size\(\[([^\]]*)\]\).*?torch\.Size\(\[([^\]]*)\]\)", line)
+            found["with another shape"].append(f"{m.group(1)} (file [{m.group(2)}], model [{m.group(3)}])" if m
+                                               else line[len("size mismatch for "):].split(":")[0])
+    parts = []
+    for what, keys in found.items():
+        if keys:
+            more = f", ... ({len(keys) - show} more)" if len(keys) > show else ""
+            parts.append(f"{len(keys)} {what} key(s): {', '.join(keys[:show])}{more}")
+    return "; ".join(parts) or " ".join(line.strip() for line in message.splitlines()[:3])[:600]
+
+
+def load_strict(module: torch.nn.Module, state_dict: dict, what: str, hint: str = ""):
+    """``load_state_dict(strict=True)``; a mismatch is a one-line :class:`CheckpointError` naming the
+    counts and first few missing / unexpected / reshaped keys."""
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(f"{what}: expected a state dict, got {type(state_dict).__name__}")
     try:
         module.load_state_dict(state_dict, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{what}: state dict does not match the configured architecture: {e}") from e
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{what}: state dict does not match the configured architecture{hint}: "
+                              f"{describe_load_error(str(e))}") from None
+
+
+def _build(config: dict, section: str, source: str):
+    if not isinstance(config.get(section), dict):
+        raise CheckpointError(f"{source}: config lacks the '{section}' section")
+    try:
+        return instantiate_from_config(config[section])
+    except (TypeError, ValueError, KeyError, ImportError, AttributeError, AssertionError) as e:
+        target = config[section].get("target")
+        raise CheckpointError(f"{source}: cannot build '{section}' ({target}) from its config: "
+                              f"{_first_line(e)}") from None
 
 
 def build_from_checkpoint(ckpt: dict | str | os.PathLike, device="cpu", config: dict | None = None,
-                          trust: bool | None = None) -> GLIGENModels:
-    """Instantiate model/autoencoder/text_encoder/diffusion from the embedded config and load them strictly."""
+                          trust: bool | None = None, source: str | None = None) -> GLIGENModels:
+    """Instantiate model/autoencoder/text_encoder/diffusion from the embedded config and load them strictly.
+
+    The embedded config is checked against :mod:`ldm.registry` first (see :func:`config_from_checkpoint`);
+    a ``config`` passed here is the caller's own and is trusted.
+    """
+    source = source or (os.fspath(ckpt) if not isinstance(ckpt, dict) else "checkpoint")
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint_file(ckpt, trust=trust)
-    config = to_plain(config) if config is not None else config_from_checkpoint(ckpt)
+    config = to_plain(config) if config is not None else config_from_checkpoint(ckpt, source, trust)
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{source}: its config is not a mapping")
     missing = [s for s in MODEL_SECTIONS if s not in ckpt]
     if missing:
-        raise CheckpointError(f"checkpoint lacks sections {missing} (has {sorted(ckpt)})")
+        raise CheckpointError(f"{source} lacks sections {missing} (has {sorted(map(str, ckpt))})")
     parts = {}
     for section in MODEL_SECTIONS:
-        if section not in config:
-            raise CheckpointError(f"config lacks the '{section}' section")
-        parts[section] = instantiate_from_config(config[section])
+        parts[section] = _build(config, section, source)
         load_strict(parts[section], ckpt[section], section)
         parts[section].eval()
-    gti = instantiate_from_config(config["grounding_tokenizer_input"])
-    gdi = instantiate_from_config(config["grounding_downsampler_input"]) if "grounding_downsampler_input" in config else None
+    gti = _build(config, "grounding_tokenizer_input", source)
+    gdi = _build(config, "grounding_downsampler_input", source) if "grounding_downsampler_input" in config else None
     parts["model"].grounding_tokenizer_input = gti
     models = GLIGENModels(**parts, config=config, grounding_tokenizer_input=gti, grounding_downsampler_input=gdi)
     return models.to(device)
@@ -281,11 +458,7 @@ def read_official_ckpt(path: str | os.PathLike, trust: bool | None = None) -> di
     """Read an original SD v1.4 ``.ckpt`` (or ``.safetensors``) and split it (see :func:`split_sd_checkpoint`)."""
     path = os.fspath(path)
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        if not os.path.isfile(path):
-            raise CheckpointError(f"checkpoint not found: {path}")
-        state = load_file(path)
+        state = _read_safetensors(path)[0]
     else:
         obj = safe_torch_load(path, trust=trust)
         state = obj.get("state_dict", obj) if isinstance(obj, dict) else None

@@ -31,7 +31,7 @@ def test_script_output_reproduces_four_channel_model(tmp_path, capsys):
     assert C.main(["--ckpt_path", str(src), "--new_ckpt_path", str(dst)]) == 0
     assert "(32, 9, 3, 3)" in capsys.readouterr().out
     new = load_checkpoint_file(dst)
-    assert set(new) == {"model", "config_dict"}
+    assert set(new) == {"model", "config_dict", "text_encoder", "autoencoder", "diffusion"}  # nothing lost
     cfg = new["config_dict"]["_content"]
     assert cfg["inpaint_mode"] is True and cfg["model"]["params"]["inpaint_mode"] is True
     w = new["model"]["input_blocks.0.0.weight"]

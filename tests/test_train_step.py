@@ -128,7 +128,7 @@ def test_inpaint_masks_follow_latent_size():
     from ldm.tiny import build_tiny
 
     parts = build_tiny("text", inpaint=True)
-    from grounding_input.text_grounding_tokinzer_input import GroundingNetInput
+    from grounding_input.base import BoxTextInput as GroundingNetInput
 
     models = Models(parts["model"], parts["autoencoder"], parts["text_encoder"], parts["diffusion"],
                     GroundingNetInput(), inpaint_mode=True)

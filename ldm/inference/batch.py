@@ -10,6 +10,8 @@ from typing import Protocol, Sequence
 import torch
 from PIL import Image
 
+from ldm import image_io
+
 from .errors import LayoutError, ResolveError
 from .layout import MAX_OBJS, MAX_PERSONS, NUM_KEYPOINTS, Generation
 from .modes import SPATIAL_BATCH_KEYS, Mode
@@ -29,12 +31,11 @@ class GroundingFeatures(Protocol):
 # images
 # --------------------------------------------------------------------------------------
 def open_image(path: str, mode: str = "RGB") -> Image.Image:
-    """``Image.open(path).convert(mode)`` with a :class:`LayoutError` for unreadable files."""
+    """:func:`ldm.image_io.open_image` (size-checked decode) with a :class:`LayoutError` for bad files."""
     try:
-        with Image.open(path) as im:
-            return im.convert(mode)
-    except (OSError, ValueError) as e:
-        raise LayoutError(f"cannot read image {path}: {type(e).__name__}") from None
+        return image_io.open_image(path, mode)
+    except image_io.ImageError as e:
+        raise LayoutError(str(e)) from None
 
 
 def center_crop_square(im: Image.Image) -> Image.Image:
@@ -64,8 +65,13 @@ def spatial_map(path: str, resolution: int) -> torch.Tensor:
 
 
 def semantic_map(path: str, resolution: int, num_classes: int = SEM_CLASSES) -> torch.Tensor:
-    """ADE20K label image ("L", class index per pixel): centre crop, NEAREST resize -> one-hot (C, R, R)."""
-    im = center_crop_square(open_image(path, "L")).resize((resolution, resolution), Image.NEAREST)
+    """ADE20K label image (class id 0..150 per pixel; colour pictures refused): centre crop, NEAREST
+    resize -> one-hot (C, R, R)."""
+    try:
+        labels_im = image_io.open_label_map(path)
+    except image_io.ImageError as e:
+        raise LayoutError(str(e)) from None
+    im = center_crop_square(labels_im).resize((resolution, resolution), Image.NEAREST)
     labels = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(resolution, resolution).long()
     if int(labels.max()) >= num_classes:
         raise LayoutError(f"semantic map {path} has class index {int(labels.max())}; indices must be < {num_classes}")

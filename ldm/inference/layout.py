@@ -64,17 +64,18 @@ def _number_list(v: Any, n: int | None, what: str, where: str) -> list[float]:
     return [float(x) for x in v]
 
 
-def check_image_file(path: str, what: str, where: str = "") -> str:
-    """Raise :class:`LayoutError` unless ``path`` is a readable image file; returns ``path``."""
-    if not os.path.isfile(path):
-        raise LayoutError(f"{where}{what} file not found: {path}")
-    from PIL import Image, UnidentifiedImageError
+def check_image_file(path: str, what: str, where: str = "", label_map: bool = False) -> str:
+    """Raise :class:`LayoutError` unless ``path`` decodes safely (see :mod:`ldm.image_io`; with
+    ``label_map``, as a semantic label map of class ids); returns ``path``."""
+    from ldm import image_io
 
     try:
-        with Image.open(path) as im:
-            im.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise LayoutError(f"{where}{what} is not a readable image: {path} ({type(e).__name__})") from None
+        if label_map:
+            image_io.open_label_map(path, what)
+        else:
+            image_io.open_image(path, None, what).close()
+    except image_io.ImageError as e:
+        raise LayoutError(f"{where}{e}") from None
     return path
 
 
@@ -91,10 +92,12 @@ def resolve_path(path: Any, base_dir: str | None, what: str, where: str = "") ->
 
 
 def image_size_of(path: str) -> tuple[int, int]:
-    from PIL import Image
+    from ldm import image_io
 
-    with Image.open(path) as im:
-        return im.size
+    try:
+        return image_io.image_size(path)
+    except image_io.ImageError as e:
+        raise LayoutError(str(e)) from None
 
 
 def convert_box(box: Sequence[float], box_format: str, canvas: tuple[int, int]) -> list[float]:
@@ -198,7 +201,7 @@ class Generation:
             raise LayoutError(f"{where}only one spatial condition per generation, got {spatial}")
         for key in spatial:
             gen.condition[_FAMILY_OF_KEY[key]] = check_image_file(resolve_path(entry[key], base_dir, key, where),
-                                                                  key, where)
+                                                                  key, where, label_map=key == "sem")
 
         # locations: boxes (4 numbers each) or keypoints (persons x 17 pairs)
         boxes, keypoints = entry.get("boxes"), entry.get("keypoints")
@@ -239,8 +242,8 @@ class Generation:
         gen.text_mask = _mask_value(entry.get("text_mask"), "'text_mask'", where)
         gen.image_mask = _mask_value(entry.get("image_mask"), "'image_mask'", where)
         seed = entry.get("seed")
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
-            raise LayoutError(f"{where}'seed' must be a non-negative integer, got {seed!r}")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 63):
+            raise LayoutError(f"{where}'seed' must be an integer in 0..2**63-1, got {seed!r}")
         gen.seed = seed
         for key in ("ckpt", "save_folder_name", "negative_prompt"):
             v = entry.get(key)
@@ -251,7 +254,8 @@ class Generation:
             local = resolve_path(ck, base_dir, "ckpt", where)
             gen.ckpt = local if os.path.exists(local) else ck
         name = entry.get("save_folder_name")
-        if name is not None and (os.path.isabs(name) or ".." in name.replace("\\", "/").split("/")):
+        if name is not None and (not name or os.path.isabs(name) or ".." in name.replace("\\", "/").split("/")
+                                 or any(ord(c) < 32 for c in name)):
             raise LayoutError(f"{where}'save_folder_name' must be a relative folder name, got {name!r}")
         gen.save_folder_name = name
         gen.negative_prompt = entry.get("negative_prompt")
@@ -367,8 +371,12 @@ def read_layout_file(path: str) -> tuple[dict, list]:
     """Read a JSON / YAML layout file -> ``(settings, raw entries)``."""
     if not os.path.isfile(path):
         raise LayoutError(f"layout file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise LayoutError(f"cannot read layout file {path}: {e.strerror if isinstance(e, OSError) else 'not UTF-8 text'}") \
+            from None
     try:
         if path.lower().endswith((".yaml", ".yml")):
             import yaml

@@ -10,6 +10,7 @@ scheduled gates, decodes and saves::
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -26,13 +27,21 @@ from .checkpoints import RELEASED_MODES, resolve_checkpoint
 from .errors import LayoutError, ResolveError
 from .layout import BOX_FORMATS, Generation
 from .modes import SPATIAL_LAYOUT_KEYS, Mode, mode_of_models
-from .saving import next_index, save_png, to_uint8, write_json
+from .saving import check_writable, next_index, save_png, to_uint8, write_json
 
 DEFAULT_NEGATIVE_PROMPT = ("longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, "
                            "cropped, worst quality, low quality")
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SAMPLERS = ("plms", "ddim")
+MAX_STEPS = 1000  # the schedule's length
+MAX_BATCH_SIZE = 256
+MAX_GUIDANCE_SCALE = 100.0
+MAX_SEED = 2 ** 63 - 1
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 #: output sub-folder per mode when a layout names none (the original examples' names)
 DEFAULT_FOLDERS = {
@@ -73,10 +82,18 @@ class Settings:
         self.validate()
 
     def validate(self) -> "Settings":
+        """Raise :class:`LayoutError` (one line) for an option of the wrong type or out of range;
+        NaN / infinite numbers are never accepted (they would give a black image)."""
+        for name in ("negative_prompt", "clip", "ckpt", "ckpt_dir", "sd_first_conv"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, str):
+                raise LayoutError(f"{name} must be a string, got {v!r}")
+        if not isinstance(self.folder, str) or not self.folder or "\0" in self.folder:
+            raise LayoutError(f"folder must be a folder path, got {self.folder!r}")
         if self.sampler not in SAMPLERS:
             raise LayoutError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
-        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
-            raise LayoutError(f"steps must be a positive integer, got {self.steps!r}")
+        if self.steps is not None and (not _is_int(self.steps) or not 1 <= self.steps <= MAX_STEPS):
+            raise LayoutError(f"steps must be a positive integer (1..{MAX_STEPS}), got {self.steps!r}")
         if self.steps is not None:
             from ldm.models.diffusion.sampling import make_ddim_timesteps
 
@@ -84,8 +101,14 @@ class Settings:
                 make_ddim_timesteps(self.steps)
             except ValueError as e:
                 raise LayoutError(str(e)) from None
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise LayoutError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if not _is_int(self.batch_size) or not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise LayoutError(f"batch_size must be a positive integer (1..{MAX_BATCH_SIZE}), got {self.batch_size!r}")
+        g = self.guidance_scale
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) \
+                or not 0 <= g <= MAX_GUIDANCE_SCALE:
+            raise LayoutError(f"guidance_scale must be a finite number in [0, {MAX_GUIDANCE_SCALE:g}], got {g!r}")
+        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED):
+            raise LayoutError(f"seed must be an integer in 0..{MAX_SEED}, got {self.seed!r}")
         if self.dtype not in DTYPES:
             raise LayoutError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
         if self.device not in DEVICES:
@@ -180,7 +203,7 @@ class Runner:
         config = None
         if "config_dict" not in ckpt:
             config = fallback_config(ckpt.get("model", {}))
-        models = build_from_checkpoint(ckpt, device="cpu", config=config)
+        models = build_from_checkpoint(ckpt, device="cpu", config=config, source=path)
         del ckpt
         models.to(self.device, self.dtype)
         mode = mode_of_models(models)
@@ -307,14 +330,30 @@ class Runner:
         samples = sampler.sample(S=s.num_steps, shape=shape, input=input, uc=uc, guidance_scale=s.guidance_scale,
                                  mask=mask, x0=z0)
         images = models.autoencoder.decode(samples.to(dt)).float()
+        if not torch.isfinite(images).all():
+            hint = "try --dtype fp32 or a smaller guidance scale" if s.dtype != "fp32" else "try a smaller guidance scale"
+            raise ResolveError(f"sampling produced NaN/inf values (checkpoint {os.path.basename(path)}, dtype "
+                               f"{s.dtype}); nothing was saved: {hint}")
         return Result(images=images, latents=samples, generation=gen, mode=mode, checkpoint=path, seed=seed)
 
     # ---------------------------------------------------------------- saving
+    def output_folder(self, gen: Generation, mode: Mode) -> str:
+        """``<folder>/<save_folder_name or the mode's default>``."""
+        return os.path.join(self.settings.folder, gen.save_folder_name or DEFAULT_FOLDERS.get(mode, mode.family))
+
+    def check_output_folder(self, gen: Generation, mode: Mode) -> str:
+        """Create the output folder and prove it is writable, as a :class:`LayoutError` (before sampling)."""
+        folder = self.output_folder(gen, mode)
+        try:
+            return check_writable(folder)
+        except (OSError, ValueError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise LayoutError(f"cannot write to the output folder {folder}: {reason}") from None
+
     def save(self, result: Result) -> list[str]:
         """Write ``<n>.png``, ``<n>_annotated.png`` and ``<n>.json`` per sample (model.md §11.2 step 11)."""
         gen, mode = result.generation, result.mode
-        folder = os.path.join(self.settings.folder, gen.save_folder_name or DEFAULT_FOLDERS.get(mode, mode.family))
-        os.makedirs(folder, exist_ok=True)
+        folder = self.check_output_folder(gen, mode)
         start = next_index(folder)
         entry = gen.to_entry()
         entry["seed"] = result.seed
@@ -335,7 +374,11 @@ class Runner:
         return paths
 
     def run(self, gen: Generation) -> list[str]:
-        """Generate and save; returns the written paths."""
+        """Generate and save; returns the written paths. The output folder is checked before sampling."""
+        path = self.checkpoint_for(gen)
+        _, mode = self.load(path)
+        gen.check_compatible(mode, f"checkpoint {os.path.basename(path)}")
+        self.check_output_folder(gen, mode)
         return self.save(self.generate(gen))
 
 

@@ -1,8 +1,8 @@
 """Grounding tokenizers (``position_net``) and spatial downsamplers (``downsample_net``).
 
 Every released configuration names a class path such as
-``ldm.modules.diffusionmodules.text_grounding_net.PositionNet``; those modules are thin aliases
-of the classes here.
+``ldm.modules.diffusionmodules.text_grounding_net.PositionNet``; ``ldm.registry`` maps those
+paths to the classes here.
 
 Masking convention (all tokenizers): a slot with mask 0 gets the learned null feature(s) in
 place of its inputs, so an all-zero mask gives the "null grounding" used for CFG.

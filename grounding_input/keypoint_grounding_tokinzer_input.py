@@ -1,4 +1,0 @@
-"""Original class path: keypoint grounding input."""
-from .base import KeypointInput as GroundingNetInput
-
-__all__ = ["GroundingNetInput"]

@@ -1,4 +1,0 @@
-"""Original class path: box + text grounding input."""
-from .base import BoxTextInput as GroundingNetInput
-
-__all__ = ["GroundingNetInput"]
