@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from ldm.modules.diffusionmodules.util import FourierEmbedder
 from ldm.tiny import SPATIAL_KEYS, build_tiny, tiny_config
 from ldm.util import instantiate_from_config
-from tests.conftest import ROOT
+from conftest import ROOT
 
 torch.manual_seed(0)
 B, N = 2, 30

@@ -302,7 +302,7 @@ def test_yaml_syntax_error_is_one_line(tmp_path):
 
 
 def _tiny_models():
-    from grounding_input.text_grounding_tokinzer_input import GroundingNetInput
+    from grounding_input.base import BoxTextInput as GroundingNetInput
     from ldm.tiny import build_tiny
 
     torch.manual_seed(0)
