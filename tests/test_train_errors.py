@@ -107,7 +107,7 @@ def test_ckpt_state_dict_mismatch(data_root, finished_run, tmp_path):
     bad = tmp_path / "bad.pth"
     dropped = _tampered(os.path.join(finished_run, "checkpoint_00000003.pth"), bad)
     msg = _fails_cleanly(main_cmd(data_root, str(tmp_path / "out"), "t", "--ckpt", str(bad)), tmp_path)
-    assert f"--ckpt {bad}: state dict does not match the model" in msg
+    assert f"--ckpt {bad}: state dict does not match the configured architecture" in msg
     assert "2 missing keys" in msg and dropped[0] in msg
     assert "1 unexpected keys" in msg and "position_net.extra.weight" in msg
 
@@ -117,7 +117,7 @@ def test_resume_state_dict_mismatch(data_root, finished_run, tmp_path):
     run.mkdir(parents=True)
     dropped = _tampered(os.path.join(finished_run, "checkpoint_00000003.pth"), run / "checkpoint_latest.pth")
     msg = _fails_cleanly(main_cmd(data_root, str(tmp_path / "out"), "exp", "--total_iters", "5"), tmp_path)
-    assert "resume checkpoint: state dict does not match the model" in msg
+    assert "resume checkpoint: state dict does not match the configured architecture" in msg
     assert "2 missing keys" in msg and dropped[0] in msg and "position_net.extra.weight" in msg
 
 

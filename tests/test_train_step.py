@@ -340,7 +340,7 @@ def test_ema_starts_from_the_resumed_weights():
 
 def test_load_strict_names_counts_and_keys():
     from ldm.checkpoint import CheckpointError
-    from ldm.training.state import load_strict
+    from ldm.checkpoint import load_strict
 
     m = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
     sd = m.state_dict()
@@ -349,9 +349,9 @@ def test_load_strict_names_counts_and_keys():
     with pytest.raises(CheckpointError) as e:
         load_strict(m, bad, "--ckpt a.pth")
     msg = str(e.value)
-    assert msg.startswith("--ckpt a.pth: state dict does not match the model")
-    assert "1 missing keys (e.g. 1.bias)" in msg and "2 unexpected keys (e.g. 2.weight, x.y)" in msg
-    assert "0.weight (4, 2) vs (3, 2)" in msg and "\n" not in msg
+    assert msg.startswith("--ckpt a.pth: state dict does not match the configured architecture")
+    assert "1 missing key(s): 1.bias" in msg and "2 unexpected key(s): 2.weight, x.y" in msg
+    assert "0.weight (file [4, 2], model [3, 2])" in msg and "\n" not in msg
     load_strict(m, sd, "fine")
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ldm.checkpoint import CheckpointError, config_from_checkpoint
+from ldm.checkpoint import CheckpointError, config_from_checkpoint, load_strict  # noqa: F401  (re-exported)
 from ldm.devices import resolve_device  # noqa: F401  (re-exported for trainer)
 from ldm.util import to_plain
 
@@ -222,30 +222,6 @@ def resume_position(ckpt: dict, rank: int, world_size: int, batch_size: int, see
 
 
 # ---------------------------------------------------------------------- files
-def load_strict(module: torch.nn.Module, state_dict: dict, what: str, hint: str = "") -> None:
-    """``load_state_dict(strict=True)``; a mismatch raises :class:`CheckpointError` naming the counts
-    and the first few missing / unexpected / wrongly shaped keys (the module is then partly loaded)."""
-    try:
-        module.load_state_dict(state_dict, strict=True)
-        return
-    except RuntimeError as e:
-        error = e
-    own = module.state_dict()
-    shapes = {k: f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state_dict.items()
-              if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)}
-    try:  # the module's own key mapping decides what is missing / unexpected
-        missing, unexpected = module.load_state_dict({k: v for k, v in state_dict.items() if k not in shapes},
-                                                     strict=False)
-    except RuntimeError:
-        missing, unexpected = [k for k in own if k not in state_dict], [k for k in state_dict if k not in own]
-    missing = [k for k in missing if k not in shapes]
-    problems = [f"{len(items)} {kind} (e.g. {', '.join(items[:3])})"
-                for kind, items in (("missing keys", missing), ("unexpected keys", list(unexpected)),
-                                    ("shape mismatches, checkpoint vs model", list(shapes.values()))) if items]
-    detail = "; ".join(problems) or str(error).strip().splitlines()[0]
-    raise CheckpointError(f"{what}: state dict does not match the model{hint}: {detail}") from error
-
-
 def atomic_link_or_copy(src: str, dst: str) -> None:
     """``dst`` becomes the same file as ``src`` atomically (hard link, else copy) + rename."""
     tmp = dst + ".tmp"
