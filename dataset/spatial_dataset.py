@@ -18,9 +18,11 @@ import warnings
 import torch
 from PIL import Image
 
+from ldm import imageops
+
 from .base_dataset import BaseDataset
 from .codec import CorruptSampleError, decode_image_b64, decode_row, require
-from .transforms import paired_center_crop_resize_flip, pil_to_tensor_m11
+from .transforms import paired_center_crop_resize_flip
 from .tsv import TSVFile
 
 __all__ = ["SpatialConditionDataset", "ParallelTSVConditionDataset", "recursively_read", "load_captions",
@@ -74,11 +76,8 @@ def captions_for(image_paths, captions: dict, caption_path: str) -> list[str]:
 
 
 def open_image(path: str, mode: str = "RGB") -> Image.Image:
-    """Fully loaded PIL image, or :class:`CorruptSampleError` naming the file."""
-    try:
-        return Image.open(path).convert(mode)
-    except (OSError, ValueError, SyntaxError) as e:
-        raise CorruptSampleError(f"cannot read image {path}: {e}") from e
+    """:func:`ldm.imageops.open_image` raising :class:`CorruptSampleError` (the sample is skipped)."""
+    return imageops.open_image(path, mode, error=CorruptSampleError)
 
 
 class SpatialConditionDataset(BaseDataset):
@@ -107,7 +106,7 @@ class SpatialConditionDataset(BaseDataset):
 
     def condition_to_tensor(self, cond: Image.Image) -> torch.Tensor:
         """``S x S`` PIL condition -> tensor; default ``(3, S, S)`` in [-1, 1]."""
-        return pil_to_tensor_m11(cond.convert("RGB"))
+        return imageops.to_m11(cond.convert("RGB"))
 
     def get_item(self, index: int) -> dict:
         data_id, image, cond, caption = self.load_pair(index)
@@ -117,7 +116,7 @@ class SpatialConditionDataset(BaseDataset):
                                                      self.cond_resample)
         return {
             "id": data_id,
-            "image": pil_to_tensor_m11(image),
+            "image": imageops.to_m11(image),
             self.cond_key: self.condition_to_tensor(cond),
             "mask": torch.tensor(1.0),
             "caption": caption if random.uniform(0, 1) < self.prob_use_caption else "",

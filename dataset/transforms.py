@@ -18,12 +18,13 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 from PIL import Image, ImageOps
+
+from ldm.imageops import center_crop
 
 __all__ = [
     "TransformInfo", "transform_image", "recalculate_box", "transform_point",
-    "paired_center_crop_resize_flip", "pil_to_tensor_m11",
+    "paired_center_crop_resize_flip",
 ]
 
 
@@ -53,10 +54,8 @@ def transform_image(pil_image: Image.Image, image_size: int, random_flip: bool):
     img = img.resize(tuple(round(x * scale) for x in img.size), resample=Image.BICUBIC)
     performed_scale = S / min(WW, HH)
 
-    arr = np.array(img.convert("RGB"))
-    crop_y = (arr.shape[0] - S) // 2
-    crop_x = (arr.shape[1] - S) // 2
-    arr = arr[crop_y:crop_y + S, crop_x:crop_x + S]
+    crop_x, crop_y = (img.size[0] - S) // 2, (img.size[1] - S) // 2
+    arr = np.array(center_crop(img.convert("RGB"), S, rounding="floor"))
 
     performed_flip = False
     if random_flip and random.random() < 0.5:
@@ -111,9 +110,8 @@ def paired_center_crop_resize_flip(image: Image.Image, cond: Image.Image, image_
     """
     if image.size != cond.size:
         raise ValueError(f"image size {image.size} != condition size {cond.size}")
-    crop = min(image.size)
-    image = TF.center_crop(image, crop)
-    cond = TF.center_crop(cond, crop)
+    image = center_crop(image)
+    cond = center_crop(cond)
     image = image.resize((image_size, image_size))
     cond = cond.resize((image_size, image_size)) if cond_resample is None else \
         cond.resize((image_size, image_size), resample=cond_resample)
@@ -123,6 +121,3 @@ def paired_center_crop_resize_flip(image: Image.Image, cond: Image.Image, image_
     return image, cond
 
 
-def pil_to_tensor_m11(pil_image: Image.Image) -> torch.Tensor:
-    """PIL image -> ``(C, H, W)`` float32 in [-1, 1] (``(x/255 - 0.5) / 0.5``)."""
-    return (TF.pil_to_tensor(pil_image).float() / 255 - 0.5) / 0.5

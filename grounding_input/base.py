@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from ldm.constants import NUM_KEYPOINTS
+
 
 def null_grounding(grounding_input: dict) -> dict:
     """The null grounding of ``grounding_input`` (tokenizer kwargs): every tensor replaced by zeros
@@ -75,13 +77,13 @@ class BoxTextImageInput(GroundingNetInput):
 
 
 class KeypointInput(GroundingNetInput):
-    """points (B, P*17, 2), masks (B, P*17)."""
+    """points (B, P*17, 2), masks (B, P*17): P persons x 17 COCO keypoints."""
 
     fields = {"points": "points", "masks": "masks"}
 
     @property
     def max_persons_per_image(self) -> int:
-        return self._shapes["points"][0][0] // 17
+        return self._shapes["points"][0][0] // NUM_KEYPOINTS
 
 
 class SpatialMapInput(GroundingNetInput):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ldm.checkpoint import build_from_checkpoint, load_checkpoint_file
-from tests.conftest import FIXTURES
+from conftest import FIXTURES
 
 
 def tol_ok(got, ref, tol):

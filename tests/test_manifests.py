@@ -6,7 +6,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ldm.util import instantiate_from_config
-from tests.conftest import ROOT
+from conftest import ROOT
 
 CONFIGS = ["GoldG+SBU+CC3M+O365_box_text", "GoldG+SBU+CC3M+O365_box_text_image", "flickr_text", "flickr_text_image",
            "coco2017K", "cc3m_hed", "cc3m_canny", "cc3m_depth", "diode_normal", "ade_sem"]

@@ -1,4 +1,5 @@
-"""Per-modality batch preparation (model.md §11.4): a :class:`Generation` -> tensors on CPU.
+"""Per-modality batch preparation (the original's ``prepare_batch*`` functions of
+``gligen_inference.py``): a :class:`Generation` -> tensors on CPU.
 
 Every function returns float32 CPU tensors already repeated over the batch; the pipeline moves
 them to the device / dtype. Keys are those the ``grounding_input`` adapters read.
@@ -7,14 +8,16 @@ from __future__ import annotations
 
 from typing import Protocol, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 
-from .errors import LayoutError, ResolveError
-from .layout import MAX_OBJS, MAX_PERSONS, NUM_KEYPOINTS, Generation
-from .modes import SPATIAL_BATCH_KEYS, Mode
+from ldm import imageops
+from ldm.constants import MAX_OBJS, MAX_PERSONS, NUM_KEYPOINTS, SEM_CHANNELS
 
-SEM_CLASSES = 152
+from .errors import LayoutError, ResolveError
+from .layout import Generation
+from .modes import SPATIAL_BATCH_KEYS, Mode
 
 
 class GroundingFeatures(Protocol):
@@ -29,48 +32,27 @@ class GroundingFeatures(Protocol):
 # images
 # --------------------------------------------------------------------------------------
 def open_image(path: str, mode: str = "RGB") -> Image.Image:
-    """``Image.open(path).convert(mode)`` with a :class:`LayoutError` for unreadable files."""
-    try:
-        with Image.open(path) as im:
-            return im.convert(mode)
-    except (OSError, ValueError) as e:
-        raise LayoutError(f"cannot read image {path}: {type(e).__name__}") from None
-
-
-def center_crop_square(im: Image.Image) -> Image.Image:
-    """Centre crop to the short side (torchvision ``center_crop`` rounding)."""
-    w, h = im.size
-    s = min(w, h)
-    top, left = int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
-    return im.crop((left, top, left + s, top + s))
-
-
-def to_tensor_m11(im: Image.Image) -> torch.Tensor:
-    """PIL RGB (H, W) -> (3, H, W) float32 in [-1, 1]: ``(x / 255 - 0.5) / 0.5``."""
-    x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(im.size[1], im.size[0], -1)
-    x = x.permute(2, 0, 1).float() / 255
-    return (x - 0.5) / 0.5
+    """:func:`ldm.imageops.open_image` with a :class:`LayoutError` for unreadable files."""
+    return imageops.open_image(path, mode, error=LayoutError)
 
 
 def inpainting_image(path: str, resolution: int) -> torch.Tensor:
     """Image to inpaint: RGB, resized to ``resolution``^2 **without** cropping -> (1, 3, R, R) in [-1, 1]."""
-    return to_tensor_m11(open_image(path).resize((resolution, resolution)))[None]
+    return imageops.to_m11(open_image(path).resize((resolution, resolution)))[None]
 
 
 def spatial_map(path: str, resolution: int) -> torch.Tensor:
     """HED / Canny / depth / normal map: RGB, centre crop, resize -> (3, R, R) in [-1, 1]."""
-    return to_tensor_m11(center_crop_square(open_image(path)).resize((resolution, resolution)))
+    return imageops.to_m11(imageops.center_crop(open_image(path)).resize((resolution, resolution)))
 
 
-def semantic_map(path: str, resolution: int, num_classes: int = SEM_CLASSES) -> torch.Tensor:
+def semantic_map(path: str, resolution: int, num_classes: int = SEM_CHANNELS) -> torch.Tensor:
     """ADE20K label image ("L", class index per pixel): centre crop, NEAREST resize -> one-hot (C, R, R)."""
-    im = center_crop_square(open_image(path, "L")).resize((resolution, resolution), Image.NEAREST)
-    labels = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(resolution, resolution).long()
+    im = imageops.center_crop(open_image(path, "L")).resize((resolution, resolution), Image.NEAREST)
+    labels = torch.from_numpy(np.array(im, dtype=np.uint8, copy=True))
     if int(labels.max()) >= num_classes:
         raise LayoutError(f"semantic map {path} has class index {int(labels.max())}; indices must be < {num_classes}")
-    onehot = torch.zeros(num_classes, resolution, resolution)
-    onehot.scatter_(0, labels[None], 1.0)
-    return onehot
+    return imageops.one_hot(labels, num_classes)
 
 
 # --------------------------------------------------------------------------------------

@@ -30,12 +30,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from ldm.constants import MAX_OBJS, MAX_PERSONS, NUM_KEYPOINTS  # noqa: F401  (re-exported)
+
 from .errors import LayoutError
 from .modes import SPATIAL_LAYOUT_KEYS, Mode
 
-MAX_OBJS = 30
-MAX_PERSONS = 8
-NUM_KEYPOINTS = 17
 PIXEL_CANVAS = 512
 BOX_FORMATS = ("xyxy", "xywh", "xyxy_pixels", "xywh_pixels")
 

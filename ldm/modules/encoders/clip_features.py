@@ -24,6 +24,8 @@ from typing import Iterable, Sequence
 import torch
 from PIL import Image
 
+from ldm.imageops import center_crop
+
 __all__ = [
     "DEFAULT_CLIP_VERSION", "CLIP_MEAN", "CLIP_STD", "TEXT_FEATURE_NORM",
     "load_text_projection", "resolve_projection_matrix", "reproject_image_embedding",
@@ -156,12 +158,6 @@ def _resize_short_side(image: Image.Image, size: int) -> Image.Image:
     return image.resize((new_w, new_h), resample=Image.BICUBIC)
 
 
-def _center_crop(image: Image.Image, size: int) -> Image.Image:
-    w, h = image.size
-    left, top = (w - size) // 2, (h - size) // 2
-    return image.crop((left, top, left + size, top + size))
-
-
 def preprocess_images(images: Iterable[Image.Image], mode: str = "clip", size: int = 224) -> torch.Tensor:
     """PIL images -> normalised ``pixel_values (N, 3, size, size)`` float32.
 
@@ -177,7 +173,7 @@ def preprocess_images(images: Iterable[Image.Image], mode: str = "clip", size: i
     for im in images:
         im = im.convert("RGB")
         if mode == "clip":
-            im = _center_crop(_resize_short_side(im, size), size)
+            im = center_crop(_resize_short_side(im, size), size, rounding="floor")
         elif mode == "crop_resize":
             im = im.resize((size, size), resample=Image.BICUBIC)
         else:
