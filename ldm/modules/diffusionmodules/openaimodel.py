@@ -15,7 +15,7 @@ from ldm.devices import param_dtype
 from ldm.modules.attention import SpatialTransformer
 from ldm.util import instantiate_from_config
 
-from .util import checkpoint, conv2d, normalization, timestep_embedding, zero_module
+from .util import checkpoint, normalization, timestep_embedding, zero_module
 
 _COORDINATE_KEYS = ("boxes", "points")
 
@@ -49,7 +49,7 @@ class Upsample(nn.Module):
 
     def forward(self, x):
         x = F.interpolate(x, scale_factor=2, mode="nearest")
-        return conv2d(self.conv, x) if self.use_conv else x
+        return self.conv(x) if self.use_conv else x
 
 
 class Downsample(nn.Module):
@@ -61,7 +61,7 @@ class Downsample(nn.Module):
             else nn.AvgPool2d(2, 2)
 
     def forward(self, x):
-        return conv2d(self.op, x) if isinstance(self.op, nn.Conv2d) else self.op(x)
+        return self.op(x)
 
 
 class ResBlock(TimestepBlock):
@@ -93,12 +93,11 @@ class ResBlock(TimestepBlock):
             return self.skip_connection(x) + self.out_layers(h)
         # no autograd: same operations, SiLU and the additions in place (fewer allocations)
         norm, _, conv = self.in_layers
-        h = conv2d(conv, F.silu(norm(x), inplace=True))
+        h = conv(F.silu(norm(x), inplace=True))
         h += self.emb_layers(emb).type(h.dtype)[..., None, None]
         norm, _, drop, conv = self.out_layers
-        h = conv2d(conv, drop(F.silu(norm(h), inplace=True)))
-        skip = self.skip_connection
-        h += conv2d(skip, x) if isinstance(skip, nn.Conv2d) else skip(x)
+        h = conv(drop(F.silu(norm(h), inplace=True)))
+        h += self.skip_connection(x)
         return h
 
 
