@@ -24,7 +24,7 @@ from ldm.imageops import center_crop
 
 __all__ = [
     "TransformInfo", "transform_image", "recalculate_box", "transform_point",
-    "paired_center_crop_resize_flip",
+    "paired_center_crop_resize_flip", "largest_first",
 ]
 
 
@@ -72,8 +72,9 @@ def recalculate_box(bbox_xywh: Sequence[float], info: TransformInfo, image_size:
     """Map an original-pixel xywh box into the transformed image (data.md §4.3).
 
     Returns ``(valid, (x0, y0, x1, y1))`` in pixels of the ``S x S`` crop (clamped, flipped if the
-    image was flipped). Invalid: completely outside the crop, zero/negative area after clamping,
-    or area ratio ``< min_box_size``.
+    image was flipped). Invalid: completely outside the crop, or area ratio ``< min_box_size``
+    after clamping (as the original's ``recalculate_box_and_verify_if_valid``: with
+    ``min_box_size=0`` a zero-area box is kept, an inverted one dropped); a NaN box is invalid.
     """
     S = image_size
     x, y, w, h = (float(v) for v in bbox_xywh)
@@ -84,10 +85,8 @@ def recalculate_box(bbox_xywh: Sequence[float], info: TransformInfo, image_size:
         return False, None
     x0, y0 = max(x0, 0.0), max(y0, 0.0)
     x1, y1 = min(x1, float(S)), min(y1, float(S))
-    # Zero-area (or inverted / NaN) boxes are always dropped, even with min_box_size == 0.
-    if not (x1 > x0 and y1 > y0):
-        return False, None
-    if (x1 - x0) * (y1 - y0) / (S * S) < min_box_size:
+    ratio = (x1 - x0) * (y1 - y0) / (S * S)
+    if ratio != ratio or ratio < min_box_size:  # NaN, or too small
         return False, None
     if info.performed_flip:
         x0, x1 = S - x1, S - x0
@@ -121,3 +120,14 @@ def paired_center_crop_resize_flip(image: Image.Image, cond: Image.Image, image_
     return image, cond
 
 
+
+
+def largest_first(items: Sequence, areas: Sequence[float]) -> list:
+    """``items`` ordered by ``areas``, largest first, exactly as the original orders boxes and
+    persons: ``torch.tensor(areas).sort(descending=True)`` -- float32 areas and ``torch.sort``'s
+    own order for ties (equal-size boxes or persons; it decides which survive the 30-box /
+    8-person cut and which slot each person takes)."""
+    if not items:
+        return []
+    order = torch.tensor(list(areas)).sort(descending=True).indices
+    return [items[i] for i in order.tolist()]

@@ -7,7 +7,7 @@ import torch
 
 from .base_dataset import BaseDataset
 from .codec import CorruptSampleError, decode_embedding_b64, decode_image_b64, decode_row, require
-from .transforms import recalculate_box, transform_image
+from .transforms import largest_first, recalculate_box, transform_image
 from .tsv import TSVFile
 
 __all__ = ["TSVDataset", "mask_for_random_drop_text_or_image_feature", "map_image_embedding", "make_a_sentence"]
@@ -176,8 +176,7 @@ class TSVDataset(BaseDataset):
             name = require(anno, "category_name") if is_det else None
             valid.append(((x1 - x0) * (y1 - y0), torch.tensor([x0, y0, x1, y1]) / S, text_emb, image_emb, name))
 
-        valid.sort(key=lambda v: -v[0])  # largest first; stable for ties
-        valid = valid[:N]
+        valid = largest_first(valid, [v[0] for v in valid])[:N]
 
         boxes = torch.zeros(N, 4)
         masks = torch.zeros(N)

@@ -219,7 +219,10 @@ class Runner:
         model, dev, dt = models.model, self.device, self.dtype
         schedule = make_schedule(models.diffusion.alphas_cumprod, s.num_steps)
         gates = alpha_generator(len(schedule), gen.alpha_type)
-        sd_conv = self.sd_first_conv() if model.uses_spatial_first_conv and 0 in gates else None
+        sd_conv = None
+        if model.uses_spatial_first_conv and 0 in gates:
+            sd_conv = self.sd_first_conv()  # warns when unavailable; then the checkpoint's own conv
+            sd_conv = sd_conv if sd_conv is not None else model.checkpoint_first_conv_as_sd()
         B = s.batch_size
 
         # grounding batch (CPU float32) -> device / dtype
