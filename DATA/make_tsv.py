@@ -1,7 +1,7 @@
 """Images + grounding annotations -> GLIGEN box TSV (+ .lineidx) with CLIP embeddings.
 
-Replaces the original two-step pipeline (``process_grounding.py`` + ``mydata_to_tsv.py``,
-data.md §2.5) with one pass; the stored fields are exactly those of data.md §2.2.
+Replaces the original two-step pipeline (``process_grounding.py`` + ``mydata_to_tsv.py``) with
+one pass; the stored fields are exactly those the original's TSV rows hold (see DATA/README.md).
 
 Usage (from the repository root)::
 

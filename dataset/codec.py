@@ -1,4 +1,4 @@
-"""Encoding of images, embeddings and rows inside GLIGEN TSV files (data.md §2.2, §2.3).
+"""Encoding of images, embeddings and rows inside GLIGEN TSV files.
 
 * images: base64 (standard alphabet) of a JPEG written by PIL with default settings (quality 75);
 * embeddings: base64 of raw little-endian float32 bytes;

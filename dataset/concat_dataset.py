@@ -1,4 +1,4 @@
-"""Concatenation of catalog (or user-defined) datasets with per-dataset repeats (data.md §7)."""
+"""Concatenation of catalog (or user-defined) datasets with per-dataset repeats."""
 from __future__ import annotations
 
 import importlib

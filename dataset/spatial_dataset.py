@@ -1,12 +1,12 @@
-"""Spatially aligned condition datasets (data.md §6): one implementation for every modality.
+"""Spatially aligned condition datasets: one implementation for every modality.
 
 :class:`SpatialConditionDataset` owns the sample assembly (shared geometric pipeline, caption
 drop, ``mask``); subclasses only say where an ``(image, condition)`` pair comes from and, if
 needed, how the condition becomes a tensor:
 
 * :class:`ParallelTSVConditionDataset` – main CC3M TSV + a row-aligned condition TSV
-  (hed / canny / depth, §6.1; thin aliases in ``dataset_hed.py`` etc.);
-* ``dataset_normal.NormalDataset`` (§6.2) and ``dataset_sem.SemanticDataset`` (§6.3) – files.
+  (hed / canny / depth; thin aliases in ``dataset_hed.py`` etc.);
+* ``dataset_normal.NormalDataset`` and ``dataset_sem.SemanticDataset`` – files.
 """
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def open_image(path: str, mode: str = "RGB") -> Image.Image:
 
 
 class SpatialConditionDataset(BaseDataset):
-    """Image + spatially aligned condition map (data.md §6).
+    """Image + spatially aligned condition map.
 
     Output of ``ds[i]``: ``id``, ``image`` (3, S, S) in [-1, 1], ``<cond_key>`` (see
     :meth:`condition_to_tensor`; default (3, S, S) in [-1, 1]), ``mask`` = ``tensor(1.0)``
@@ -125,7 +125,7 @@ class SpatialConditionDataset(BaseDataset):
 
 class ParallelTSVConditionDataset(SpatialConditionDataset):
     """Main box TSV (image + caption) + row-aligned condition TSV holding field ``cond_key``
-    (base64 image; data.md §2.3). Row ``i`` pairs with row ``i``; their ``data_id`` must match.
+    (a base64 image). Row ``i`` pairs with row ``i``; their ``data_id`` must match.
     """
 
     def __init__(self, tsv_path, cond_tsv_path, cond_key, prob_use_caption=1, image_size=512,

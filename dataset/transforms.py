@@ -1,14 +1,17 @@
 """Geometric pipelines shared by the datasets.
 
-Two conventions exist in GLIGEN (data.md §8 #15) and both are reproduced here, once each:
+Two conventions exist in GLIGEN and both are reproduced here, once each:
 
-* box / keypoint datasets (§4.2): repeated BOX halving, BICUBIC resize of the short side to
-  ``S``, **floor**-based centre crop on the array, optional horizontal flip; the crop/scale/flip
-  bookkeeping (:class:`TransformInfo`) is then applied to boxes and keypoints (§4.3, §5);
-* spatial-condition datasets (§6): torchvision ``center_crop`` (rounded offsets) to the short
+* box / keypoint datasets (the original's ``BaseDataset.transform_image`` of
+  ``dataset/base_dataset.py``): repeated BOX halving, BICUBIC resize of the short side to
+  ``S``, **floor**-based centre crop, optional horizontal flip; the crop/scale/flip
+  bookkeeping (:class:`TransformInfo`) is then applied to boxes and keypoints
+  (``recalculate_box_and_verify_if_valid``);
+* spatial-condition datasets (``dataset_hed.py`` and its siblings): torchvision ``center_crop``
+  (rounded offsets) to the short
   side, PIL ``resize((S, S))``, optional mirror, applied identically to image and condition.
 
-All randomness uses Python's ``random`` (data.md §8 #20).
+All randomness uses Python's ``random``.
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ class TransformInfo:
 
 
 def transform_image(pil_image: Image.Image, image_size: int, random_flip: bool):
-    """Box/keypoint image transform (data.md §4.2).
+    """Box/keypoint image transform.
 
     pil_image: RGB PIL image of any size.
     Returns ``(image, info)``: ``image (3, S, S)`` float32 in [-1, 1] and a :class:`TransformInfo`.
@@ -69,7 +72,7 @@ def transform_image(pil_image: Image.Image, image_size: int, random_flip: bool):
 
 def recalculate_box(bbox_xywh: Sequence[float], info: TransformInfo, image_size: int,
                     min_box_size: float):
-    """Map an original-pixel xywh box into the transformed image (data.md §4.3).
+    """Map an original-pixel xywh box into the transformed image.
 
     Returns ``(valid, (x0, y0, x1, y1))`` in pixels of the ``S x S`` crop (clamped, flipped if the
     image was flipped). Invalid: completely outside the crop, or area ratio ``< min_box_size``
@@ -101,7 +104,7 @@ def transform_point(xy: Sequence[float], info: TransformInfo):
 
 def paired_center_crop_resize_flip(image: Image.Image, cond: Image.Image, image_size: int,
                                    random_flip: bool, cond_resample=None):
-    """Spatial-condition pipeline (data.md §6 steps 1-3) applied to image and condition alike.
+    """Spatial-condition pipeline applied to image and condition alike.
 
     image, cond: PIL images of the same size. ``cond_resample`` = PIL filter for the condition
     (None -> PIL default, i.e. BICUBIC; the semantic map uses ``Image.NEAREST``).

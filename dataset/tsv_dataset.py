@@ -1,4 +1,4 @@
-"""Box (grounding / detection) datasets stored as TSV (data.md §4)."""
+"""Box (grounding / detection) datasets stored as TSV."""
 from __future__ import annotations
 
 import random
@@ -19,7 +19,7 @@ TEXT_FEATURE_NORM = 28.7
 
 
 def mask_for_random_drop_text_or_image_feature(masks: torch.Tensor, random_drop_embedding: str):
-    """Per-box embedding dropout (data.md §4.6).
+    """Per-box embedding dropout.
 
     masks: (N,) float. Returns ``(image_masks, text_masks)``, each (N,).
     ``'both'``: for each slot, with probability 0.5 drop exactly one of image/text (chosen
@@ -40,7 +40,7 @@ def mask_for_random_drop_text_or_image_feature(masks: torch.Tensor, random_drop_
 
 
 def map_image_embedding(e_after: torch.Tensor, which_layer_image: str, projection_matrix=None) -> torch.Tensor:
-    """Map a unit-norm CLIP image embedding (data.md §4.5).
+    """Map a unit-norm CLIP image embedding.
 
     e_after: (D_proj,). ``after`` -> unchanged; ``after_renorm`` -> ``e * 28.7``;
     ``after_reproject`` -> ``v = e @ P``, ``v / ||v|| * 28.7`` with ``P (D_proj, D_text)``.
@@ -64,7 +64,7 @@ def make_a_sentence(names, clean: bool = False) -> str:
 
 
 class TSVDataset(BaseDataset):
-    """Boxes with phrase / crop embeddings from a GLIGEN TSV (data.md §4).
+    """Boxes with phrase / crop embeddings from a GLIGEN TSV.
 
     Output of ``ds[i]`` (N = ``max_boxes_per_data``, D = ``embedding_len``):
 

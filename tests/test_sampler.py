@@ -98,7 +98,7 @@ class ToyDiffusion(nn.Module):
 
 # ----------------------------------------------------------------------------- reference
 def reference_sample(kind, diffusion, model, S, input, uc, scale, alphas, mask=None, x0=None):
-    """Two-pass, literal transcription of the spec's loops (§10.2-10.6)."""
+    """Two-pass, literal transcription of the original's ``plms_sampling`` / ``ddim_sampling`` loops."""
     ac = diffusion.alphas_cumprod
     c = 1000 // S
     ts_all = np.asarray(list(range(0, 1000, c))) + 1

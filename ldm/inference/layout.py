@@ -1,6 +1,6 @@
 """Layout files: one or more generation requests (JSON or YAML), parsed and validated.
 
-A layout entry uses the keys of the original ``meta`` dicts (model.md §11.3)::
+A layout entry uses the keys of the original ``meta`` dicts::
 
     {"prompt": "a teddy bear sitting next to a bird",
      "phrases": ["a teddy bear", "a bird"],

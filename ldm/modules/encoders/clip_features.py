@@ -1,4 +1,4 @@
-"""CLIP phrase / image features used for grounding (model.md §7.2, data.md §2.5, §4.5).
+"""CLIP phrase / image features used for grounding.
 
 Shared by the offline data tool (``DATA/make_tsv.py``), the box datasets
 (``projection_matrix`` for ``after_reproject``) and inference (phrase and reference-image
@@ -163,7 +163,7 @@ def preprocess_images(images: Iterable[Image.Image], mode: str = "clip", size: i
 
     mode ``"clip"``: standard CLIP preprocessing (short side -> ``size`` bicubic, centre crop);
     mode ``"crop_resize"``: resize to ``size x size`` bicubic without keeping the aspect ratio
-    (box crops, data.md §2.5).
+    (box crops, as the original's ``process_grounding.py``).
     """
     if isinstance(images, Image.Image):
         images = [images]
