@@ -145,3 +145,32 @@ def test_denoiser_sd_first_conv_only_at_zero_gate_for_spatial_models():
                                grounding_extra_input=inp["grounding_extra_input"])
     with pytest.warns(UserWarning, match="first conv"):
         without(inp["x"], t, 0.0)
+
+
+def test_runner_generate_leaves_the_model_unchanged(tmp_path):
+    """``Runner.generate`` (scheduled sampling on a spatial-map model, SD's first conv at zero-gate
+    steps) leaves the loaded model exactly as loaded, generation after generation."""
+    from PIL import Image
+
+    from ldm.inference.layout import Generation
+    from ldm.inference.pipeline import Runner, Settings
+    from ldm.tiny import write_tiny_checkpoint
+
+    ckpt = write_tiny_checkpoint(tmp_path / "canny.pth", "canny")
+    conv_path = tmp_path / "SD_input_conv_weight_bias.pth"
+    g = torch.Generator().manual_seed(0)
+    torch.save({"weight": torch.randn(32, 4, 3, 3, generator=g), "bias": torch.randn(32, generator=g)}, conv_path)
+    Image.new("RGB", (40, 32), (200, 20, 20)).save(tmp_path / "edges.png")
+    gen = Generation.from_dict(dict(prompt="a robot", canny_image=str(tmp_path / "edges.png"),
+                                    alpha_type=[0.5, 0, 0.5], ckpt=str(ckpt)))
+    runner = Runner(Settings(steps=4, batch_size=1, seed=3, device="cpu", progress=False,
+                             sd_first_conv=str(conv_path)))
+    models, _ = runner.load(str(ckpt))
+    model = models.model
+    inp = dict(x=torch.randn(B, 4, 8, 8, generator=g), context=torch.randn(B, 77, 16, generator=g),
+               grounding_input={"canny_edge": torch.randn(B, 3, 64, 64, generator=g), "mask": torch.ones(B)},
+               grounding_extra_input=torch.randn(B, 3, 64, 64, generator=g), inpainting_extra_input=None)
+    before = observe(model, inp)
+    first = runner.generate(gen).latents
+    assert_same(before, observe(model, inp))
+    torch.testing.assert_close(runner.generate(gen).latents, first, atol=0, rtol=0)  # repeatable, nothing left over
