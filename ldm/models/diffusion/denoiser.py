@@ -70,7 +70,9 @@ class GroundedDenoiser:
         self.guidance_scale = guidance_scale
         self.batched = batched
         self.cache_tokens = cache_tokens and not getattr(model, "training", False) and hasattr(model, "grounding_tokens")
-        self.sd_first_conv = sd_first_conv
+        # SD's first conv on the model's device and dtype once (not at every zero-gate call)
+        self.sd_first_conv = None if sd_first_conv is None else \
+            {k: v.to(context.device, self.dtype or v.dtype) for k, v in sd_first_conv.items()}
         if grounding_input is None:
             grounding_input = self._adapter_null_input()
         extras = dict(inpainting_extra_input=inpainting_extra_input, grounding_extra_input=grounding_extra_input)
@@ -112,8 +114,9 @@ class GroundedDenoiser:
             inp["grounding_tokens"] = self._tokens[key]
         return self.model(inp, **self.model_kwargs(gate))
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, gate: float | None = 1.0) -> torch.Tensor:
-        """eps (B, C, H, W) in ``x``'s dtype for latent ``x`` (B, C, H, W) at DDPM timesteps ``t`` (B,)."""
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, gate: float = 1.0) -> torch.Tensor:
+        """eps (B, C, H, W) in ``x``'s dtype for latent ``x`` (B, C, H, W) at DDPM timesteps ``t`` (B,)
+        (long), with the gated layers scaled by ``gate`` (0: off, and SD's first conv for spatial models)."""
         xm = x.to(self.dtype) if self.dtype is not None else x
         if not self.guided:
             return self._run(self.cond, "cond", xm, t, gate).to(x.dtype)
