@@ -33,6 +33,7 @@ GATED_LAYER_NAMES = ("GatedSelfAttentionDense", "GatedCrossAttentionDense")
 #: ``denoise(x (B,C,H,W), t (B,) long, gate: float) -> eps (B,C,H,W)``
 Denoiser = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
+
 # --------------------------------------------------------------------------------------
 # schedule
 # --------------------------------------------------------------------------------------
