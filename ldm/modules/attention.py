@@ -119,7 +119,9 @@ class _GatedFuser(nn.Module):
     (a tensor lets a ``torch.compile``-d UNet change the value without recompiling). With the
     Python number 0 the layer is skipped (exactly the identity, no work). ``gate=None`` uses the
     attribute ``scale`` (1.0), kept only so scripts written for the original, which set
-    ``module.scale`` through ``set_alpha_scale``, keep working.
+    ``module.scale`` through ``set_alpha_scale``, keep working. (That function matched exact class
+    names, so the original never scheduled ``gatedSA2`` layers; the per-call gate reaches every
+    fuser. No released checkpoint uses ``gatedSA2``.)
     """
 
     def __init__(self, query_dim: int):
