@@ -44,8 +44,10 @@ train-demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/bench_unet.py --device cpu --dtype fp32 --resolution 256
 
+# the reference checker on the golden fixtures (the project's shared copy if present, else the one in tests/reference)
+PARITY_DIR := $(if $(wildcard ../shared/reference/check_parity.py),../shared/reference,tests/reference)
 parity: $(STAMP)
-	$(PY) ../shared/reference/check_parity.py --project . --golden ../shared/reference/golden
+	$(PY) $(PARITY_DIR)/check_parity.py --project . --golden $(PARITY_DIR)/golden
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

@@ -1,4 +1,4 @@
-"""Widen a GLIGEN checkpoint's first UNet conv for inpainting (training.md §2.3, model.md §12).
+"""Widen a GLIGEN checkpoint's first UNet conv for inpainting.
 
 The generation model's ``input_blocks.0.0.weight`` takes the 4 latent channels. Inpainting
 training feeds ``[noisy latent (4) | masked latent (4) | mask (1)]`` = 9 channels, so the weight

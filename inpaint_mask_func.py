@@ -1,4 +1,4 @@
-"""Inpainting masks from boxes (training.md §2.4, model.md §10.7).
+"""Inpainting masks from boxes.
 
 Convention: **1 = keep / visible, 0 = region to (re)generate**.
 

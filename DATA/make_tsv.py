@@ -1,7 +1,7 @@
 """Images + grounding annotations -> GLIGEN box TSV (+ .lineidx) with CLIP embeddings.
 
-Replaces the original two-step pipeline (``process_grounding.py`` + ``mydata_to_tsv.py``,
-data.md §2.5) with one pass; the stored fields are exactly those of data.md §2.2.
+Replaces the original two-step pipeline (``process_grounding.py`` + ``mydata_to_tsv.py``) with
+one pass; the stored fields are exactly those the original's TSV rows hold (see DATA/README.md).
 
 Usage (from the repository root)::
 
@@ -29,7 +29,7 @@ import warnings
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ldm.image_io import ImageError, open_image  # noqa: E402
+from ldm.imageops import ImageError, open_image  # noqa: E402
 
 from dataset.codec import encode_embedding_b64, encode_image_b64, encode_row  # noqa: E402
 from dataset.tsv import TSVWriter  # noqa: E402

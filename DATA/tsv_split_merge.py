@@ -1,4 +1,4 @@
-"""Split a TSV into parts / merge downloaded parts into ``train-00.tsv`` (data.md §2.6).
+"""Split a TSV into parts / merge downloaded parts into ``train-00.tsv``.
 
 Merging pairs every ``<stem>.tsv`` of the input folder with its own stem (natural sort:
 ``train-2`` before ``train-10``) and concatenates their rows in that order, writing a fresh

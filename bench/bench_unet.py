@@ -17,13 +17,15 @@ measures on one device and dtype:
   ``--memory profiler``: each model in its own subprocess, peak RSS (``VmHWM`` reset through
   ``/proc/self/clear_refs`` after the model is built; ``ru_maxrss`` where that is not possible).
 * **e2e**: wall time of a ``--steps`` PLMS run of the UNet alone (no text encoder / VAE): ours
-  through ``ldm.models.diffusion.plms.PLMSSampler`` (batched CFG, scheduled sampling through
-  ``alpha_generator``), diffusers through ``PNDMScheduler(skip_prk_steps=True)`` (its PLMS, as the
+  through ``ldm.models.diffusion.sampling.plms`` over a ``GroundedDenoiser`` (batched CFG,
+  scheduled sampling through ``alpha_generator``), diffusers through ``PNDMScheduler(skip_prk_steps=True)`` (its PLMS, as the
   GLIGEN pipeline), each with grounding on at every step and with the default schedule
   (grounding for the first 30% of the steps: alpha_type [0.3, 0, 0.7] / gligen beta 0.3).
 
 Prints a table and writes JSON (``--json``). ``--preset tiny`` runs a toy-width model in
-seconds (used by the smoke test). See bench/RESULTS.md for the figures and commands.
+seconds (used by the smoke test). On CPU our large-weight convs with small outputs run as
+im2col + GEMM unless ``--small-conv-max-pixels 0`` (``bench/small_conv.py``: an explicit switch of
+the benchmark, not a default of the model). See bench/RESULTS.md for the figures and commands.
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ if ROOT not in sys.path:
 
 import torch  # noqa: E402
 
+import small_conv  # noqa: E402  (bench/, beside this file)
 from ldm.devices import DTYPES  # noqa: E402
 MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": "4000000000", "MALLOC_MMAP_THRESHOLD_": "4000000000"}
 N_TOKENS = 30
@@ -172,8 +175,6 @@ def make_inputs(preset: str, latent: int, device, dtype, seed: int, channels_las
 
 def step_fns(ours, theirs, inp) -> dict:
     """name -> zero-argument callable running one CFG UNet step (batch 2)."""
-    from ldm.models.diffusion.sampling import set_alpha_scale
-
     g = inp["grounding"]
     fns = {}
     if ours is not None:
@@ -181,13 +182,12 @@ def step_fns(ours, theirs, inp) -> dict:
             tokens = ours.position_net(**g)
 
         def ours_step(scale=1.0, precomputed=False):
-            set_alpha_scale(ours, scale)
             d = dict(x=inp["x"], timesteps=inp["t"], context=inp["context"])
             if precomputed:
                 d["grounding_tokens"] = tokens
             else:
                 d["grounding_input"] = g
-            return ours(d)
+            return ours(d, gate_scale=scale)
 
         fns["ours"] = ours_step
         fns["ours_tokens_once"] = partial(ours_step, precomputed=True)
@@ -311,6 +311,7 @@ def child_memory(args) -> dict:
     ours = theirs = None
     if variant.startswith("ours"):
         ours = build_ours(args.preset, args.seed, init=False).to(device, dtype)
+        small_conv.enable(ours, args.small_conv_max_pixels)
         model = ours
     else:
         theirs = build_theirs(args.preset, latent, seed=args.seed).to(device, dtype)
@@ -335,7 +336,8 @@ def child_memory(args) -> dict:
 def subprocess_memory(args, variant: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--_child", variant, "--device", args.device,
            "--dtype", args.dtype, "--resolution", str(args.resolution), "--preset", args.preset,
-           "--seed", str(args.seed), "--memory-steps", str(args.memory_steps)]
+           "--seed", str(args.seed), "--memory-steps", str(args.memory_steps),
+           "--small-conv-max-pixels", str(args.small_conv_max_pixels)]
     if args.channels_last:
         cmd.append("--channels-last")
     if args.threads:
@@ -348,8 +350,8 @@ def subprocess_memory(args, variant: str) -> dict:
 
 # ----------------------------------------------------------------------------------- end to end
 def e2e_ours(ours, inp, steps: int, alpha_type, guidance: float, device, seed: int) -> dict:
-    from ldm.models.diffusion.plms import PLMSSampler
-    from ldm.models.diffusion.sampling import alpha_generator, set_alpha_scale
+    from ldm.models.diffusion.denoiser import GroundedDenoiser
+    from ldm.models.diffusion.sampling import alpha_generator, make_schedule, plms
     from ldm.util import instantiate_from_config
     from omegaconf import OmegaConf
 
@@ -358,20 +360,17 @@ def e2e_ours(ours, inp, steps: int, alpha_type, guidance: float, device, seed: i
     calls = []
     hook = ours.register_forward_pre_hook(lambda m, a: calls.append(1))
     try:
-        sampler = PLMSSampler(diffusion, ours, alpha_generator_func=partial(alpha_generator, type=alpha_type),
-                              set_alpha_scale=set_alpha_scale, progress=False)
         gti = ours.grounding_tokenizer_input
         grounding = gti.prepare({"boxes": inp["boxes1"], "masks": inp["masks1"], "text_embeddings": inp["phrase1"]})
         x = inp["x1"].float().clone()
-        d = dict(x=x, timesteps=None, context=inp["c"], grounding_input=grounding,
-                 inpainting_extra_input=None, grounding_extra_input=None)
+        schedule = make_schedule(diffusion.alphas_cumprod, steps)
+        gates = alpha_generator(len(schedule), alpha_type)
         torch.manual_seed(seed)
         with torch.inference_mode():
-            out, wall, cpu = timed(lambda: sampler.sample(S=steps, shape=tuple(x.shape), input=d, uc=inp["uc"],
-                                                          guidance_scale=guidance), device)
+            denoise = GroundedDenoiser(ours, inp["c"], grounding, inp["uc"], guidance)
+            out, wall, cpu = timed(lambda: plms(denoise, x, schedule, gates), device)
     finally:
         hook.remove()
-        set_alpha_scale(ours, 1.0)
     return dict(seconds=wall, cpu_seconds=cpu, unet_calls=len(calls), finite=bool(torch.isfinite(out).all()))
 
 
@@ -429,6 +428,9 @@ def parse_args(argv=None):
                    help="re-run under glibc malloc with large-block trimming/mmap disabled (" +
                         " ".join(f"{k}={v}" for k, v in MALLOC_ENV.items()) + ")")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--small-conv-max-pixels", type=int, default=128,
+                   help="CPU: run our large-weight convs with at most this many output pixels as im2col + GEMM "
+                        "(bench/small_conv.py; 0: off, oneDNN everywhere)")
     p.add_argument("--skip-diffusers", action="store_true")
     p.add_argument("--json", default=None, help="output file (default bench/results/<device>_<dtype>_<res>[...].json)")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
@@ -443,12 +445,10 @@ def parse_args(argv=None):
 
 
 def env_info(args) -> dict:
-    from ldm.modules.diffusionmodules import util as unet_util
-
     info = dict(python=platform.python_version(), torch=torch.__version__, platform=platform.platform(),
                 threads=torch.get_num_threads(), cpu_count=os.cpu_count(), device=str(args.device),
                 malloc_env={k: os.environ[k] for k in MALLOC_ENV if k in os.environ},
-                small_conv_max_pixels=getattr(unet_util, "SMALL_CONV_MAX_PIXELS", None))
+                small_conv_max_pixels=args.small_conv_max_pixels)
     try:
         import diffusers
         info["diffusers"] = diffusers.__version__
@@ -492,6 +492,7 @@ def main(argv=None):
     theirs = None if args.skip_diffusers else build_theirs(args.preset, latent, ours, args.seed)
     result["build_seconds"] = time.perf_counter() - t0
     ours.to(device, dtype)
+    small_conv.enable(ours, args.small_conv_max_pixels)
     if theirs is not None:
         theirs.to(device, dtype)
     if args.channels_last:

@@ -5,29 +5,23 @@ import warnings
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
+
+from ldm.imageops import from_m11
 
 from .codec import CorruptSampleError
 
-__all__ = ["BaseDataset", "draw_boxes", "BOX_COLORS"]
-
-BOX_COLORS = ["red", "olive", "blue", "green", "orange", "brown", "cyan", "purple"]
+__all__ = ["BaseDataset", "draw_boxes"]
 
 
 def draw_boxes(image: torch.Tensor, boxes: torch.Tensor | None, masks: torch.Tensor | None = None) -> Image.Image:
-    """image: (3, H, W) in [-1, 1]; boxes: (N, 4) normalised xyxy (or None) -> PIL image with boxes drawn."""
-    arr = ((image.detach().float().cpu().clamp(-1, 1) * 0.5 + 0.5) * 255).round().byte()
-    pil = Image.fromarray(arr.permute(1, 2, 0).numpy())
-    W, H = pil.size
-    draw = ImageDraw.Draw(pil)
-    for i, box in enumerate(boxes if boxes is not None else []):
-        if masks is not None and float(masks[i]) == 0:
-            continue
-        x0, y0, x1, y1 = box.tolist()
-        if x0 == y0 == x1 == y1 == 0:
-            continue
-        draw.rectangle([x0 * W, y0 * H, x1 * W, y1 * H], outline=BOX_COLORS[i % len(BOX_COLORS)], width=4)
-    return pil
+    """image: (3, H, W) in [-1, 1]; boxes: (N, 4) normalised xyxy (or None); masks: (N,) -> PIL image
+    with the valid, non-padding boxes drawn (by :func:`ldm.inference.visualize.draw_boxes`)."""
+    from ldm.inference.visualize import draw_boxes as draw
+
+    kept = [box.tolist() for i, box in enumerate(boxes if boxes is not None else [])
+            if (masks is None or float(masks[i]) != 0) and any(float(v) != 0 for v in box)]
+    return draw(from_m11(image), kept, min_side=0)
 
 
 class BaseDataset(torch.utils.data.Dataset):

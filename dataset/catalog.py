@@ -1,4 +1,4 @@
-"""Registry of training datasets (data.md §3).
+"""Registry of training datasets.
 
 ``DatasetCatalog(ROOT)`` defines one attribute per dataset name; each value is
 ``{"target": "<module.Class>", "train_params": {kwargs}}`` with paths joined onto ``ROOT``

@@ -1,4 +1,4 @@
-"""Encoding of images, embeddings and rows inside GLIGEN TSV files (data.md §2.2, §2.3).
+"""Encoding of images, embeddings and rows inside GLIGEN TSV files.
 
 * images: base64 (standard alphabet) of a JPEG written by PIL with default settings (quality 75);
 * embeddings: base64 of raw little-endian float32 bytes;
@@ -37,12 +37,10 @@ def encode_image_b64(image: Image.Image, format: str = "JPEG") -> str:
 
 def decode_image_bytes(data: bytes, mode: str = "RGB") -> Image.Image:
     """Image file bytes -> fully loaded PIL image converted to ``mode``."""
-    from ldm.image_io import ImageError, open_image
+    from ldm.imageops import open_image
 
-    try:  # size-checked: a decompression bomb in a row is a corrupt sample, not an out-of-memory
-        return open_image(bytes(data), mode, "row image")
-    except ImageError as e:
-        raise CorruptSampleError(f"undecodable image: {e}") from e
+    # size-checked: a decompression bomb in a row is a corrupt sample, not an out-of-memory
+    return open_image(bytes(data), mode, "row image", error=CorruptSampleError)
 
 
 def decode_image_b64(s: str, mode: str = "RGB") -> Image.Image:

@@ -1,10 +1,11 @@
-"""Concatenation of catalog (or user-defined) datasets with per-dataset repeats (data.md §7)."""
+"""Concatenation of catalog (or user-defined) datasets with per-dataset repeats."""
 from __future__ import annotations
 
-import importlib
 import os
 
 import torch
+
+from ldm.util import get_obj_from_str, to_plain
 
 from .catalog import DatasetCatalog
 
@@ -15,23 +16,12 @@ __all__ = ["ConCatDataset", "import_target", "resolve_entry"]
 PATH_KEY_SUFFIXES = ("_path", "_root", "_rootdir", "_dir")
 
 
-def import_target(path: str):
-    """``"dataset.tsv_dataset.TSVDataset"`` -> the class."""
-    module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
+import_target = get_obj_from_str  # ``"dataset.tsv_dataset.TSVDataset"`` -> the class (one implementation)
 
 
 def _as_dict(params) -> dict:
-    if params is None:
-        return {}
-    try:  # OmegaConf DictConfig -> plain containers
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(params, DictConfig):
-            return OmegaConf.to_container(params, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return dict(params)
+    """kwargs (plain dict or OmegaConf) -> a plain dict (None -> {})."""
+    return {} if params is None else dict(to_plain(params))
 
 
 def _resolve_paths(params: dict, ROOT: str) -> dict:

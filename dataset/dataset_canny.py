@@ -1,4 +1,4 @@
-"""Canny edge map (0/255) condition dataset (data.md §6.1): a thin wrapper of the shared implementation."""
+"""Canny edge map (0/255) condition dataset: a thin wrapper of the shared implementation."""
 from __future__ import annotations
 
 from .spatial_dataset import ParallelTSVConditionDataset

@@ -1,4 +1,4 @@
-"""8-bit MiDaS depth map condition dataset (data.md §6.1): a thin wrapper of the shared implementation."""
+"""8-bit MiDaS depth map condition dataset: a thin wrapper of the shared implementation."""
 from __future__ import annotations
 
 from .spatial_dataset import ParallelTSVConditionDataset

@@ -1,4 +1,4 @@
-"""HED edge map condition dataset (data.md §6.1): a thin wrapper of the shared implementation."""
+"""HED edge map condition dataset: a thin wrapper of the shared implementation."""
 from __future__ import annotations
 
 from .spatial_dataset import ParallelTSVConditionDataset

@@ -1,4 +1,4 @@
-"""COCO person-keypoint dataset (data.md §5)."""
+"""COCO person-keypoint dataset (the original's ``dataset/dataset_kp.py``)."""
 from __future__ import annotations
 
 import json
@@ -10,15 +10,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from ldm.constants import NUM_KEYPOINTS as N_KEYPOINTS  # COCO order: nose, eyes, ears, shoulders, ...
+from ldm.imageops import open_image
+
 from .base_dataset import BaseDataset
-from ldm.image_io import ImageError, open_image
-
 from .codec import CorruptSampleError, require
-from .transforms import recalculate_box, transform_image, transform_point
+from .transforms import largest_first, recalculate_box, transform_image, transform_point
 
-__all__ = ["KeypointDataset", "N_KEYPOINTS"]
-
-N_KEYPOINTS = 17  # COCO order: nose, eyes, ears, shoulders, elbows, wrists, hips, knees, ankles
+__all__ = ["KeypointDataset"]
 _DROPPED_ANNO_FIELDS = ("segmentation", "area", "iscrowd", "id")
 
 
@@ -113,15 +112,11 @@ class KeypointDataset(BaseDataset):
     def get_item(self, index: int) -> dict:
         image_id = self.image_ids[index]
         path = os.path.join(self.image_root, self.images[image_id]["file_name"])
-        try:
-            pil = open_image(path, "RGB")
-        except ImageError as e:
-            raise CorruptSampleError(f"cannot read image {path}: {e}") from e
+        pil = open_image(path, error=CorruptSampleError)
         image, info = transform_image(pil, self.image_size, self.random_flip)
 
         persons = [p for p in (self._person(a, info) for a in self.image_id_to_persons[image_id]) if p is not None]
-        persons.sort(key=lambda p: -p[0])
-        persons = persons[:self.max_persons_per_image]
+        persons = largest_first(persons, [p[0] for p in persons])[:self.max_persons_per_image]
 
         P = self.max_persons_per_image
         points = torch.zeros(P * N_KEYPOINTS, 2)

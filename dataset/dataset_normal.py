@@ -1,4 +1,4 @@
-"""DIODE surface-normal dataset (data.md §6.2)."""
+"""DIODE surface-normal dataset."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,29 +1,17 @@
-"""ADE20K semantic-map dataset (data.md §6.3)."""
+"""ADE20K semantic-map dataset (the original's ``dataset/dataset_sem.py``)."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 from PIL import Image
 
+from ldm.constants import SEM_CHANNELS
+from ldm.imageops import one_hot
+
 from .spatial_dataset import SpatialConditionDataset, captions_for, file_base, load_captions, open_image, \
     recursively_read
 
-__all__ = ["SemanticDataset", "NUM_SEM_CHANNELS", "one_hot_labels"]
-
-#: 151 ADE20K values (0 = unlabeled, 1..150 = classes) + one always-zero spare channel
-NUM_SEM_CHANNELS = 152
-
-
-def one_hot_labels(label: torch.Tensor, num_classes: int = NUM_SEM_CHANNELS) -> torch.Tensor:
-    """label: (H, W) integer map -> (num_classes, H, W) float32 one-hot.
-
-    Raises ``ValueError`` for a class id outside ``[0, num_classes)``.
-    """
-    label = label.long()
-    if label.numel() and (int(label.min()) < 0 or int(label.max()) >= num_classes):
-        raise ValueError(f"semantic label values must lie in [0, {num_classes}), got "
-                         f"[{int(label.min())}, {int(label.max())}] (ADE20K class indices 0..150 expected)")
-    return torch.zeros(num_classes, *label.shape).scatter_(0, label.unsqueeze(0), 1.0)
+__all__ = ["SemanticDataset"]
 
 
 class SemanticDataset(SpatialConditionDataset):
@@ -65,11 +53,11 @@ class SemanticDataset(SpatialConditionDataset):
     def load_pair(self, index: int):
         label = open_image(self.sem_files[index], mode="L")
         max_value = int(np.asarray(label).max(initial=0))
-        if max_value >= NUM_SEM_CHANNELS:
-            raise ValueError(f"{self.sem_files[index]}: label value {max_value} >= {NUM_SEM_CHANNELS}; "
+        if max_value >= SEM_CHANNELS:
+            raise ValueError(f"{self.sem_files[index]}: label value {max_value} >= {SEM_CHANNELS}; "
                              f"expected ADE20K class indices 0..150")
         return index, open_image(self.image_files[index]), label, self.captions[index]
 
     def condition_to_tensor(self, cond: Image.Image) -> torch.Tensor:
         """``S x S`` "L" label map -> (152, S, S) float32 one-hot."""
-        return one_hot_labels(torch.from_numpy(np.array(cond, dtype=np.uint8)))
+        return one_hot(torch.from_numpy(np.array(cond, dtype=np.uint8)))

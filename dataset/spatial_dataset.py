@@ -1,12 +1,12 @@
-"""Spatially aligned condition datasets (data.md §6): one implementation for every modality.
+"""Spatially aligned condition datasets: one implementation for every modality.
 
 :class:`SpatialConditionDataset` owns the sample assembly (shared geometric pipeline, caption
 drop, ``mask``); subclasses only say where an ``(image, condition)`` pair comes from and, if
 needed, how the condition becomes a tensor:
 
 * :class:`ParallelTSVConditionDataset` – main CC3M TSV + a row-aligned condition TSV
-  (hed / canny / depth, §6.1; thin aliases in ``dataset_hed.py`` etc.);
-* ``dataset_normal.NormalDataset`` (§6.2) and ``dataset_sem.SemanticDataset`` (§6.3) – files.
+  (hed / canny / depth; thin aliases in ``dataset_hed.py`` etc.);
+* ``dataset_normal.NormalDataset`` and ``dataset_sem.SemanticDataset`` – files.
 """
 from __future__ import annotations
 
@@ -18,9 +18,11 @@ import warnings
 import torch
 from PIL import Image
 
+from ldm import imageops
+
 from .base_dataset import BaseDataset
 from .codec import CorruptSampleError, decode_image_b64, decode_row, require
-from .transforms import paired_center_crop_resize_flip, pil_to_tensor_m11
+from .transforms import paired_center_crop_resize_flip
 from .tsv import TSVFile
 
 __all__ = ["SpatialConditionDataset", "ParallelTSVConditionDataset", "recursively_read", "load_captions",
@@ -74,17 +76,12 @@ def captions_for(image_paths, captions: dict, caption_path: str) -> list[str]:
 
 
 def open_image(path: str, mode: str = "RGB") -> Image.Image:
-    """Fully loaded PIL image, or :class:`CorruptSampleError` naming the file."""
-    from ldm.image_io import ImageError, open_image as safe_open
-
-    try:
-        return safe_open(path, mode)
-    except ImageError as e:
-        raise CorruptSampleError(f"cannot read image {path}: {e}") from e
+    """:func:`ldm.imageops.open_image` raising :class:`CorruptSampleError` (the sample is skipped)."""
+    return imageops.open_image(path, mode, error=CorruptSampleError)
 
 
 class SpatialConditionDataset(BaseDataset):
-    """Image + spatially aligned condition map (data.md §6).
+    """Image + spatially aligned condition map.
 
     Output of ``ds[i]``: ``id``, ``image`` (3, S, S) in [-1, 1], ``<cond_key>`` (see
     :meth:`condition_to_tensor`; default (3, S, S) in [-1, 1]), ``mask`` = ``tensor(1.0)``
@@ -109,7 +106,7 @@ class SpatialConditionDataset(BaseDataset):
 
     def condition_to_tensor(self, cond: Image.Image) -> torch.Tensor:
         """``S x S`` PIL condition -> tensor; default ``(3, S, S)`` in [-1, 1]."""
-        return pil_to_tensor_m11(cond.convert("RGB"))
+        return imageops.to_m11(cond.convert("RGB"))
 
     def get_item(self, index: int) -> dict:
         data_id, image, cond, caption = self.load_pair(index)
@@ -119,7 +116,7 @@ class SpatialConditionDataset(BaseDataset):
                                                      self.cond_resample)
         return {
             "id": data_id,
-            "image": pil_to_tensor_m11(image),
+            "image": imageops.to_m11(image),
             self.cond_key: self.condition_to_tensor(cond),
             "mask": torch.tensor(1.0),
             "caption": caption if random.uniform(0, 1) < self.prob_use_caption else "",
@@ -128,7 +125,7 @@ class SpatialConditionDataset(BaseDataset):
 
 class ParallelTSVConditionDataset(SpatialConditionDataset):
     """Main box TSV (image + caption) + row-aligned condition TSV holding field ``cond_key``
-    (base64 image; data.md §2.3). Row ``i`` pairs with row ``i``; their ``data_id`` must match.
+    (a base64 image). Row ``i`` pairs with row ``i``; their ``data_id`` must match.
     """
 
     def __init__(self, tsv_path, cond_tsv_path, cond_key, prob_use_caption=1, image_size=512,

@@ -1,14 +1,17 @@
 """Geometric pipelines shared by the datasets.
 
-Two conventions exist in GLIGEN (data.md §8 #15) and both are reproduced here, once each:
+Two conventions exist in GLIGEN and both are reproduced here, once each:
 
-* box / keypoint datasets (§4.2): repeated BOX halving, BICUBIC resize of the short side to
-  ``S``, **floor**-based centre crop on the array, optional horizontal flip; the crop/scale/flip
-  bookkeeping (:class:`TransformInfo`) is then applied to boxes and keypoints (§4.3, §5);
-* spatial-condition datasets (§6): torchvision ``center_crop`` (rounded offsets) to the short
+* box / keypoint datasets (the original's ``BaseDataset.transform_image`` of
+  ``dataset/base_dataset.py``): repeated BOX halving, BICUBIC resize of the short side to
+  ``S``, **floor**-based centre crop, optional horizontal flip; the crop/scale/flip
+  bookkeeping (:class:`TransformInfo`) is then applied to boxes and keypoints
+  (``recalculate_box_and_verify_if_valid``);
+* spatial-condition datasets (``dataset_hed.py`` and its siblings): torchvision ``center_crop``
+  (rounded offsets) to the short
   side, PIL ``resize((S, S))``, optional mirror, applied identically to image and condition.
 
-All randomness uses Python's ``random`` (data.md §8 #20).
+All randomness uses Python's ``random``.
 """
 from __future__ import annotations
 
@@ -18,12 +21,13 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 from PIL import Image, ImageOps
+
+from ldm.imageops import center_crop
 
 __all__ = [
     "TransformInfo", "transform_image", "recalculate_box", "transform_point",
-    "paired_center_crop_resize_flip", "pil_to_tensor_m11",
+    "paired_center_crop_resize_flip", "largest_first",
 ]
 
 
@@ -39,7 +43,7 @@ class TransformInfo:
 
 
 def transform_image(pil_image: Image.Image, image_size: int, random_flip: bool):
-    """Box/keypoint image transform (data.md §4.2).
+    """Box/keypoint image transform.
 
     pil_image: RGB PIL image of any size.
     Returns ``(image, info)``: ``image (3, S, S)`` float32 in [-1, 1] and a :class:`TransformInfo`.
@@ -53,10 +57,8 @@ def transform_image(pil_image: Image.Image, image_size: int, random_flip: bool):
     img = img.resize(tuple(round(x * scale) for x in img.size), resample=Image.BICUBIC)
     performed_scale = S / min(WW, HH)
 
-    arr = np.array(img.convert("RGB"))
-    crop_y = (arr.shape[0] - S) // 2
-    crop_x = (arr.shape[1] - S) // 2
-    arr = arr[crop_y:crop_y + S, crop_x:crop_x + S]
+    crop_x, crop_y = (img.size[0] - S) // 2, (img.size[1] - S) // 2
+    arr = np.array(center_crop(img.convert("RGB"), S, rounding="floor"))
 
     performed_flip = False
     if random_flip and random.random() < 0.5:
@@ -70,11 +72,12 @@ def transform_image(pil_image: Image.Image, image_size: int, random_flip: bool):
 
 def recalculate_box(bbox_xywh: Sequence[float], info: TransformInfo, image_size: int,
                     min_box_size: float):
-    """Map an original-pixel xywh box into the transformed image (data.md §4.3).
+    """Map an original-pixel xywh box into the transformed image.
 
     Returns ``(valid, (x0, y0, x1, y1))`` in pixels of the ``S x S`` crop (clamped, flipped if the
-    image was flipped). Invalid: completely outside the crop, zero/negative area after clamping,
-    or area ratio ``< min_box_size``.
+    image was flipped). Invalid: completely outside the crop, or area ratio ``< min_box_size``
+    after clamping (as the original's ``recalculate_box_and_verify_if_valid``: with
+    ``min_box_size=0`` a zero-area box is kept, an inverted one dropped); a NaN box is invalid.
     """
     S = image_size
     x, y, w, h = (float(v) for v in bbox_xywh)
@@ -85,10 +88,8 @@ def recalculate_box(bbox_xywh: Sequence[float], info: TransformInfo, image_size:
         return False, None
     x0, y0 = max(x0, 0.0), max(y0, 0.0)
     x1, y1 = min(x1, float(S)), min(y1, float(S))
-    # Zero-area (or inverted / NaN) boxes are always dropped, even with min_box_size == 0.
-    if not (x1 > x0 and y1 > y0):
-        return False, None
-    if (x1 - x0) * (y1 - y0) / (S * S) < min_box_size:
+    ratio = (x1 - x0) * (y1 - y0) / (S * S)
+    if ratio != ratio or ratio < min_box_size:  # NaN, or too small
         return False, None
     if info.performed_flip:
         x0, x1 = S - x1, S - x0
@@ -103,7 +104,7 @@ def transform_point(xy: Sequence[float], info: TransformInfo):
 
 def paired_center_crop_resize_flip(image: Image.Image, cond: Image.Image, image_size: int,
                                    random_flip: bool, cond_resample=None):
-    """Spatial-condition pipeline (data.md §6 steps 1-3) applied to image and condition alike.
+    """Spatial-condition pipeline applied to image and condition alike.
 
     image, cond: PIL images of the same size. ``cond_resample`` = PIL filter for the condition
     (None -> PIL default, i.e. BICUBIC; the semantic map uses ``Image.NEAREST``).
@@ -111,9 +112,8 @@ def paired_center_crop_resize_flip(image: Image.Image, cond: Image.Image, image_
     """
     if image.size != cond.size:
         raise ValueError(f"image size {image.size} != condition size {cond.size}")
-    crop = min(image.size)
-    image = TF.center_crop(image, crop)
-    cond = TF.center_crop(cond, crop)
+    image = center_crop(image)
+    cond = center_crop(cond)
     image = image.resize((image_size, image_size))
     cond = cond.resize((image_size, image_size)) if cond_resample is None else \
         cond.resize((image_size, image_size), resample=cond_resample)
@@ -123,6 +123,14 @@ def paired_center_crop_resize_flip(image: Image.Image, cond: Image.Image, image_
     return image, cond
 
 
-def pil_to_tensor_m11(pil_image: Image.Image) -> torch.Tensor:
-    """PIL image -> ``(C, H, W)`` float32 in [-1, 1] (``(x/255 - 0.5) / 0.5``)."""
-    return (TF.pil_to_tensor(pil_image).float() / 255 - 0.5) / 0.5
+
+
+def largest_first(items: Sequence, areas: Sequence[float]) -> list:
+    """``items`` ordered by ``areas``, largest first, exactly as the original orders boxes and
+    persons: ``torch.tensor(areas).sort(descending=True)`` -- float32 areas and ``torch.sort``'s
+    own order for ties (equal-size boxes or persons; it decides which survive the 30-box /
+    8-person cut and which slot each person takes)."""
+    if not items:
+        return []
+    order = torch.tensor(list(areas)).sort(descending=True).indices
+    return [items[i] for i in order.tolist()]

@@ -1,4 +1,4 @@
-"""TSV files with a ``.lineidx`` byte-offset index (data.md §2.1, §2.4).
+"""TSV files with a ``.lineidx`` byte-offset index.
 
 A TSV dataset is a pair of files with the same stem:
 

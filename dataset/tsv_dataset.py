@@ -1,4 +1,4 @@
-"""Box (grounding / detection) datasets stored as TSV (data.md §4)."""
+"""Box (grounding / detection) datasets stored as TSV."""
 from __future__ import annotations
 
 import random
@@ -7,7 +7,7 @@ import torch
 
 from .base_dataset import BaseDataset
 from .codec import CorruptSampleError, decode_embedding_b64, decode_image_b64, decode_row, require
-from .transforms import recalculate_box, transform_image
+from .transforms import largest_first, recalculate_box, transform_image
 from .tsv import TSVFile
 
 __all__ = ["TSVDataset", "mask_for_random_drop_text_or_image_feature", "map_image_embedding", "make_a_sentence"]
@@ -19,7 +19,7 @@ TEXT_FEATURE_NORM = 28.7
 
 
 def mask_for_random_drop_text_or_image_feature(masks: torch.Tensor, random_drop_embedding: str):
-    """Per-box embedding dropout (data.md §4.6).
+    """Per-box embedding dropout.
 
     masks: (N,) float. Returns ``(image_masks, text_masks)``, each (N,).
     ``'both'``: for each slot, with probability 0.5 drop exactly one of image/text (chosen
@@ -40,7 +40,7 @@ def mask_for_random_drop_text_or_image_feature(masks: torch.Tensor, random_drop_
 
 
 def map_image_embedding(e_after: torch.Tensor, which_layer_image: str, projection_matrix=None) -> torch.Tensor:
-    """Map a unit-norm CLIP image embedding (data.md §4.5).
+    """Map a unit-norm CLIP image embedding.
 
     e_after: (D_proj,). ``after`` -> unchanged; ``after_renorm`` -> ``e * 28.7``;
     ``after_reproject`` -> ``v = e @ P``, ``v / ||v|| * 28.7`` with ``P (D_proj, D_text)``.
@@ -64,7 +64,7 @@ def make_a_sentence(names, clean: bool = False) -> str:
 
 
 class TSVDataset(BaseDataset):
-    """Boxes with phrase / crop embeddings from a GLIGEN TSV (data.md §4).
+    """Boxes with phrase / crop embeddings from a GLIGEN TSV.
 
     Output of ``ds[i]`` (N = ``max_boxes_per_data``, D = ``embedding_len``):
 
@@ -176,8 +176,7 @@ class TSVDataset(BaseDataset):
             name = require(anno, "category_name") if is_det else None
             valid.append(((x1 - x0) * (y1 - y0), torch.tensor([x0, y0, x1, y1]) / S, text_emb, image_emb, name))
 
-        valid.sort(key=lambda v: -v[0])  # largest first; stable for ties
-        valid = valid[:N]
+        valid = largest_first(valid, [v[0] for v in valid])[:N]
 
         boxes = torch.zeros(N, 4)
         masks = torch.zeros(N)

@@ -1,13 +1,26 @@
-"""Adapters that turn a data batch into ``position_net`` / ``downsample_net`` inputs.
+"""Adapters that turn a data batch into ``position_net`` / ``downsample_net`` inputs, and the
+one definition of *null grounding*.
 
-Contract (as the original): ``prepare(batch)`` returns the tokenizer's keyword arguments and
-remembers batch size, shapes, device and dtype; ``get_null_input(batch=None, device=None,
-dtype=None)`` returns all-zero arguments of the same shapes (zero masks -> the tokenizer's learned
-null features), used for the CFG unconditional branch and for grounding dropout in training.
+``prepare(batch)`` returns the tokenizer's keyword arguments. The null grounding of those
+arguments is :func:`null_grounding`: all zeros, same shapes and dtypes (zero masks select the
+tokenizer's learned null features). It is what the classifier-free-guidance branch and the
+training-time grounding dropout feed the tokenizer.
+
+The original's adapters also offer ``get_null_input()``, which answers from the shapes remembered
+by the last ``prepare``; it is kept for scripts written against that API (and for a UNet called
+without ``grounding_input``), but nothing in this project depends on it.
 """
 from __future__ import annotations
 
 import torch
+
+from ldm.constants import NUM_KEYPOINTS
+
+
+def null_grounding(grounding_input: dict) -> dict:
+    """The null grounding of ``grounding_input`` (tokenizer kwargs): every tensor replaced by zeros
+    of the same shape, dtype and device. Pure: depends on nothing but its argument."""
+    return {k: torch.zeros_like(v) if isinstance(v, torch.Tensor) else v for k, v in grounding_input.items()}
 
 
 class GroundingNetInput:
@@ -38,6 +51,8 @@ class GroundingNetInput:
         return floats[-1] if floats else torch.float32
 
     def get_null_input(self, batch: int | None = None, device=None, dtype=None) -> dict:
+        """The original's API: zeros shaped like the last ``prepare``'s output (floats in the
+        last float dtype seen). Prefer :func:`null_grounding`, which needs no remembered state."""
         if not self.set:
             raise RuntimeError(f"{type(self).__name__}.get_null_input called before prepare()")
         b = self.batch if batch is None else batch
@@ -62,13 +77,13 @@ class BoxTextImageInput(GroundingNetInput):
 
 
 class KeypointInput(GroundingNetInput):
-    """points (B, P*17, 2), masks (B, P*17)."""
+    """points (B, P*17, 2), masks (B, P*17): P persons x 17 COCO keypoints."""
 
     fields = {"points": "points", "masks": "masks"}
 
     @property
     def max_persons_per_image(self) -> int:
-        return self._shapes["points"][0][0] // 17
+        return self._shapes["points"][0][0] // NUM_KEYPOINTS
 
 
 class SpatialMapInput(GroundingNetInput):

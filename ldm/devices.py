@@ -29,3 +29,16 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     if name == "cuda":
         return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
     return torch.device(name)
+
+
+def param_dtype(module) -> torch.dtype | None:
+    """The dtype of ``module``'s first parameter (None for a module without parameters)."""
+    p = next(iter(module.parameters()), None) if hasattr(module, "parameters") else None
+    return None if p is None else p.dtype
+
+
+def cast_float(t, dtype: torch.dtype | None):
+    """``t`` in ``dtype`` if it is a floating-point tensor of another dtype; anything else unchanged."""
+    if dtype is not None and isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != dtype:
+        return t.to(dtype)
+    return t

@@ -12,6 +12,7 @@ import os
 import torch
 
 from ldm.checkpoint import make_config_dict, official_text_encoder_state, save_checkpoint
+from ldm.constants import SEM_CHANNELS
 from ldm.util import instantiate_from_config
 
 P = "ldm.modules.diffusionmodules."
@@ -49,11 +50,11 @@ def tiny_config(family: str = "text", inpaint: bool = False, phrase_dim: int = T
             raise ValueError("inpainting is not supported with spatial-map models")
         tok = dict(resize_input=64, out_dim=16, **TINY_BACKBONE)
         if family == "sem":
-            tok["in_dim"] = 152
+            tok["in_dim"] = SEM_CHANNELS
         model["grounding_tokenizer"] = {"target": P + f"{family}_grounding_net.PositionNet", "params": tok}
         ds = {"out_dim": 1, "out_size": 8} if family == "hed" else {"resize_input": 32, "out_dim": 8}
         if family == "sem":
-            ds["in_dim"] = 152
+            ds["in_dim"] = SEM_CHANNELS
         model["grounding_downsampler"] = {"target": P + f"{family}_grounding_downsampler.GroundingDownsampler", "params": ds}
         adapters["grounding_downsampler_input"] = {"target": f"grounding_input.{family}_grounding_downsampler_input.GroundingDSInput"}
     config = {

@@ -1,4 +1,5 @@
-"""TSVDataset (data.md §4): transform, boxes, embeddings, drops, captions, corrupt rows."""
+"""TSVDataset (the original's ``dataset/tsv_dataset.py``): transform, boxes, embeddings, drops, captions,
+corrupt rows, ordering of equal-size boxes."""
 import os
 import random
 import sys
@@ -20,7 +21,7 @@ ANNOS = [
     box_anno([25, 10, 50, 25], 2.0, 1),   # -> [0, 6.4, 32, 22.4], area 512 (largest)
     box_anno([0, 0, 20, 50], 3.0, 2),     # completely left of the crop -> dropped
     box_anno([50, 25, 2, 2], 4.0, 3),     # 1.3 x 1.3 px -> < 1 % of the crop -> dropped
-    box_anno([30, 30, 0, 10], 5.0, 4),    # zero area -> dropped
+    box_anno([30, 30, 0, 10], 5.0, 4),    # zero area -> dropped (kept with min_box_size=0)
 ]
 
 
@@ -60,10 +61,51 @@ def test_boxes_normalised_clamped_filtered_sorted(geom_tsv):
     assert out["text_embeddings"][2:].abs().sum() == 0
 
 
-def test_zero_area_box_dropped_even_without_min_size(geom_tsv):
+def test_zero_area_box_kept_without_min_size(geom_tsv):
+    """As the original: only ``area / S^2 < min_box_size`` drops a box, so with 0 a zero-area box stays."""
     out = make_ds(geom_tsv, min_box_size=0.0)[0]
-    assert out["masks"].tolist() == [1, 1, 1, 0]  # tiny box kept now, zero-area box still dropped
+    assert out["masks"].tolist() == [1, 1, 1, 1]  # tiny box and zero-area box kept, smallest last
     assert torch.equal(out["text_embeddings"][2], emb(4.0, D_TEXT))
+    assert torch.equal(out["text_embeddings"][3], emb(5.0, D_TEXT))
+    assert out["boxes"][3, 0] == out["boxes"][3, 2]  # x0 == x1
+
+
+def test_inverted_and_nan_boxes_dropped_even_without_min_size(tmp_path):
+    annos = [box_anno([30, 10, -5, 10], 1.0, 0), box_anno([30, 10, float("nan"), 10], 2.0, 1),
+             box_anno([25, 10, 50, 25], 3.0, 2)]
+    path = write_tsv(str(tmp_path / "n.tsv"), [box_item(1, rand_image(100, 50), annos)])
+    out = make_ds(path, min_box_size=0.0)[0]
+    assert out["masks"].tolist() == [1, 0, 0, 0] and torch.equal(out["text_embeddings"][0], emb(3.0, D_TEXT))
+
+
+def test_equal_size_boxes_ordered_as_the_original(tmp_path):
+    """Duplicated / equal-size boxes: the original orders them by ``torch.tensor(areas).sort(descending=True)``
+    (float32, torch's own tie order), which decides which survive the cut and in which slot."""
+    # inside the crop (x in [25, 75] of the 100x50 image); two sizes, many ties
+    sizes = [[30, 10, 10, 10], [40, 20, 20, 20], [50, 10, 10, 10], [52, 20, 20, 20], [35, 30, 10, 10]]
+    annos = [box_anno(sizes[k % len(sizes)], float(k), k) for k in range(35)]
+    path = write_tsv(str(tmp_path / "t.tsv"), [box_item(1, rand_image(100, 50), annos)])
+    out = make_ds(path, max_boxes_per_data=30, min_box_size=0.0)[0]
+    kept = [int(v) for v in out["text_embeddings"][:, 0].tolist()]
+    s, cx = 32 / 50, 16  # the crop's scale and offset
+
+    def area(x, y, w, h):  # the original's recalculated box, in Python floats
+        return (((x + w) * s - cx) - (x * s - cx)) * ((y + h) * s - y * s)
+
+    areas = [area(*sizes[k % len(sizes)]) for k in range(35)]
+    rule = torch.tensor(areas).sort(descending=True).indices.tolist()[:30]
+    assert kept == rule
+    stable = sorted(range(35), key=lambda k: -areas[k])[:30]
+    assert kept != stable and set(kept) != set(stable)  # a stable sort keeps other boxes / slots
+
+
+def test_float32_areas_make_ties(tmp_path):
+    """Areas equal in float32 but not in float64 are ties for the original (float32 tensor)."""
+    from dataset.transforms import largest_first
+
+    items = ["a", "b", "c"]
+    assert largest_first(items, [100.0, 100.00000001, 50.0]) == ["a", "b", "c"]
+    assert largest_first([], []) == []
 
 
 def test_max_boxes_truncates_largest_first(geom_tsv):

@@ -1,4 +1,4 @@
-"""DatasetCatalog / ConCatDataset (data.md §3, §7)."""
+"""DatasetCatalog / ConCatDataset."""
 import os
 import sys
 

@@ -1,4 +1,4 @@
-"""KeypointDataset (data.md §5) on tiny COCO-style JSONs."""
+"""KeypointDataset (the original's ``dataset/dataset_kp.py``) on tiny COCO-style JSONs."""
 import os
 import random
 import sys
@@ -105,3 +105,24 @@ def test_missing_image_is_skipped(coco, tmp_path):
     with pytest.warns(RuntimeWarning, match="a.jpg"):
         assert ds[0]["id"] == 3
     assert ds.skipped_rows == 1
+
+
+def test_equal_size_persons_take_the_original_slots(tmp_path):
+    """Equal-size persons are ordered by ``torch.tensor(areas).sort(descending=True)`` (float32,
+    torch's tie order): it decides which persons survive the cut and which slot (learned per-slot
+    embedding) each one lands in."""
+    root = tmp_path / "images"
+    root.mkdir()
+    rand_image(64, 64, 1).save(root / "a.jpg")
+    images = [{"id": 1, "file_name": "a.jpg"}]
+    n, P = 40, 8  # enough for torch.sort to leave file order on ties
+    sizes = [20, 20, 10, 20, 10, 20]  # box side per person (two sizes, many ties)
+    annotations = [{"id": k, "image_id": 1, "bbox": [k, k, sizes[k % 6], sizes[k % 6]],
+                    "keypoints": kps({0: (k + 1, k + 1, 2)})} for k in range(n)]
+    kp_path = write_json(str(tmp_path / "kp.json"), {"images": images, "annotations": annotations})
+    out = KeypointDataset(str(root), kp_path, None, image_size=64, max_persons_per_image=P, random_flip=False,
+                          prob_real_caption=0)[0]
+    slots = [round(float(out["points"][17 * s, 0]) * 64) - 1 for s in range(P)]  # nose x = k + 1
+    areas = [float(sizes[k % 6] ** 2) for k in range(n)]
+    assert slots == torch.tensor(areas).sort(descending=True).indices.tolist()[:P]
+    assert slots != sorted(range(n), key=lambda k: -areas[k])[:P]  # not the stable order

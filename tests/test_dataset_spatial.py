@@ -1,4 +1,4 @@
-"""Spatial-condition datasets (data.md §6): hed / canny / depth, normal, semantic."""
+"""Spatial-condition datasets: hed / canny / depth, normal, semantic."""
 import os
 import random
 import sys

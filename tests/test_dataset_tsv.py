@@ -1,4 +1,4 @@
-"""TSVFile / TSVWriter / lineidx (data.md §2.1, §2.4)."""
+"""TSVFile / TSVWriter / lineidx."""
 import os
 import pickle
 import sys

@@ -237,7 +237,7 @@ def test_hub_repo_ids_resolve_through_hf_hub_download(monkeypatch, tmp_path):
 
 
 # ----------------------------------------------------------------------------- golden fixtures
-GOLDEN = os.path.join(ROOT, "..", "shared", "reference", "golden")
+GOLDEN = os.path.join(ROOT, "tests", "reference", "golden")
 
 
 class FixtureFeatures:
@@ -253,7 +253,6 @@ class FixtureFeatures:
         return self.batch["image_embeddings"][0, :len(images)]
 
 
-@pytest.mark.skipif(not os.path.isdir(GOLDEN), reason="golden fixtures not available")
 @pytest.mark.parametrize("fixture", ["text_box", "text_image_box", "keypoint"])
 def test_pipeline_reproduces_golden_samples(fixture, tiny, monkeypatch):
     """Runner (batch preparation, CFG, gate schedule, sampler, decode, PNG conversion) vs the original."""

@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ldm.inference.batch import (box_batch, center_crop_square, complete_mask, keypoint_batch, semantic_map,
+from ldm import imageops
+from ldm.inference.batch import (box_batch, complete_mask, keypoint_batch, semantic_map,
                                  spatial_map)
 from ldm.inference.errors import LayoutError
 from ldm.inference.layout import Generation, convert_box, load_layout, read_layout_file
@@ -228,7 +229,7 @@ def test_spatial_and_semantic_maps(tmp_path):
     Image.new("RGB", (30, 20), (255, 0, 0)).save(p)
     m = spatial_map(str(p), 8)
     assert m.shape == (3, 8, 8) and m[0].eq(1).all() and m[1].eq(-1).all()
-    assert center_crop_square(Image.new("RGB", (31, 20))).size == (20, 20)
+    assert imageops.center_crop(Image.new("RGB", (31, 20))).size == (20, 20)
     lab = Image.new("L", (10, 10), 3)
     lab.paste(150, (0, 0, 5, 10))
     lab.save(tmp_path / "s.png")

@@ -164,7 +164,7 @@ def test_downsampler_shapes_and_channel_use(family, channels):
         torch.testing.assert_close(ds(x2), out)
 
 
-def test_spatial_unet_without_map_uses_sd_first_conv():
+def test_spatial_unet_sd_first_conv_argument_matches_the_original_swap():
     parts = build_tiny("canny")
     model = parts["model"].eval()
     gi, gdi = adapter("canny"), adapter("canny", "downsampler")
@@ -172,21 +172,30 @@ def test_spatial_unet_without_map_uses_sd_first_conv():
     batch = {"canny_edge": torch.randn(B, 3, 16, 16), "mask": torch.ones(B)}
     inp = dict(x=torch.randn(B, 4, 8, 8), timesteps=torch.tensor([10, 500]), context=torch.randn(B, 77, 16),
                grounding_input=gi.prepare(batch), grounding_extra_input=gdi.prepare(batch))
+    sd = {"weight": torch.randn(model.model_channels, 4, 3, 3), "bias": torch.randn(model.model_channels)}
     with torch.no_grad():
         full = model(inp)
-        conv = model.input_blocks[0][0]
-        with pytest.warns(UserWarning, match="SD first-conv"):
-            model.restore_first_conv_from_SD()
+        with_sd = model(inp, sd_first_conv=sd)  # SD's conv for this call only
+        torch.testing.assert_close(model(inp), full)  # nothing stayed changed
+        model.sd_first_conv = sd
+        model.restore_first_conv_from_SD()  # the original's module swap (legacy API)
         assert model.first_conv_type == "SD" and model.input_blocks[0][0].in_channels == 4
         swapped = model(inp)
-        model.restore_first_conv_from_GLIGEN()
-        assert model.input_blocks[0][0].in_channels == conv.in_channels and model.first_conv_type == "GLIGEN"
-        torch.testing.assert_close(model(inp), full)
-    assert not torch.allclose(full, swapped)
+    torch.testing.assert_close(with_sd, swapped)
+    assert not torch.allclose(full, with_sd)
+
+
+def test_legacy_swap_without_sd_conv_warns_and_uses_the_checkpoint_conv():
+    parts = build_tiny("canny")
+    model = parts["model"].eval()
+    conv = model.input_blocks[0][0]
+    with pytest.warns(UserWarning, match="SD first-conv"):
+        model.restore_first_conv_from_SD()
+    torch.testing.assert_close(model.input_blocks[0][0].weight, conv.weight[:, :4])
 
 
 def test_semantic_label_out_of_range_rejected():
-    from dataset.dataset_sem import one_hot_labels
+    from ldm.imageops import one_hot as one_hot_labels
 
     labels = torch.tensor([[0, 150], [151, 3]])
     assert one_hot_labels(labels).shape == (152, 2, 2)

@@ -55,43 +55,33 @@ def gated(model):
 
 
 # --------------------------------------------------------------------------- gate scale
-def test_scale_attribute_is_a_buffer_outside_the_state_dict(unet):
+def test_gate_scale_is_a_call_argument_not_state(unet):
     m = copy.deepcopy(unet)
     keys = set(m.state_dict())
-    assert not any("gate_scale" in k for k in keys)
+    assert set(dict(m.named_buffers())) == set(dict(unet.named_buffers()))  # no gate buffers
     fuser = gated(m)[0]
-    assert fuser.scale == 1.0 and fuser.gate_on
-    fuser.scale = 0.3
-    assert fuser.scale == 0.3 and isinstance(fuser.scale, float)
-    assert fuser.gate_scale.item() == pytest.approx(0.3) and fuser.gate_scale.dim() == 0
-    assert "scale" not in fuser._buffers and "gate_scale" in fuser._buffers
-    fuser.scale = 0
-    assert not fuser.gate_on and fuser.gate_scale.item() == 0
-    set_alpha_scale(m, 1)
-    assert all(f.scale == 1.0 and f.gate_on for f in gated(m))
+    assert fuser.scale == 1.0  # the legacy attribute, a plain float
+    inp = inputs(8)
+    with torch.no_grad():
+        ref = m(inp)
+        m(inp, gate_scale=0.0)
+        m(inp, gate_scale=torch.tensor(0.3))
+        assert all(f.scale == 1.0 for f in gated(m)) and torch.equal(m(inp), ref)
     m.load_state_dict(unet.state_dict(), strict=True)  # strict loading unaffected
     assert set(m.state_dict()) == keys
 
 
-def test_scale_setter_under_and_outside_inference_mode():
-    with torch.inference_mode():
-        f = GatedSelfAttentionDense(8, 6, 2, 4)  # buffer created as an inference tensor
-        f.scale = 0.5
-    f.scale = 0.25  # outside inference mode: still updated in place
-    assert f.gate_scale.item() == 0.25
-    g = GatedSelfAttentionDense(8, 6, 2, 4)
-    with torch.inference_mode():
-        g.scale = 0.75
-    assert g.gate_scale.item() == 0.75
-
-
-def test_scaled_gate_matches_python_float_formula():
+@pytest.mark.parametrize("gate", [0.3, torch.tensor(0.3), "attribute"])
+def test_scaled_gate_matches_python_float_formula(gate):
     torch.manual_seed(0)
     f = randomize_(GatedSelfAttentionDense(16, 12, 2, 8)).eval()
     x, objs = torch.randn(2, 10, 16), torch.randn(2, 3, 12)
-    f.scale = 0.3
     with torch.no_grad():
-        got = f(x, objs)
+        if gate == "attribute":  # the original's way: module.scale set by set_alpha_scale
+            f.scale = 0.3
+            got = f(x, objs)
+        else:
+            got = f(x, objs, gate)
         # the original expression, with a Python-float scale and norm over the concatenation
         h = f.norm1(torch.cat([x, f.linear(objs)], dim=1))
         ref = x + 0.3 * torch.tanh(f.alpha_attn) * f.attn(h[:, :10], h)
@@ -109,10 +99,8 @@ def test_scale_zero_is_an_exact_skip(cls):
     for sub in (f.attn, f.ff):
         sub.register_forward_hook(lambda *a: calls.append(1))
     x, objs = torch.randn(2, 16, 16), torch.randn(2, 4, 16 if cls is GatedCrossAttentionDense else 12)
-    f.scale = 0.0
-    assert f(x, objs) is x and not calls  # identity, and no work done
-    f.scale = 1.0
-    assert not torch.equal(f(x, objs), x) and calls
+    assert f(x, objs, 0.0) is x and not calls  # identity, and no work done
+    assert not torch.equal(f(x, objs, 1.0), x) and calls
 
 
 def test_unet_scale_zero_ignores_grounding_exactly(unet):
@@ -121,22 +109,22 @@ def test_unet_scale_zero_ignores_grounding_exactly(unet):
     b["grounding_input"]["positive_embeddings"] = torch.randn_like(b["grounding_input"]["positive_embeddings"])
     with torch.no_grad():
         assert not torch.equal(m(a), m(b))
-        set_alpha_scale(m, 0)
-        assert torch.equal(m(a), m(b))
+        assert torch.equal(m(a, gate_scale=0), m(b, gate_scale=0))
+        set_alpha_scale(m, 0)  # the legacy attribute route gives the same
+        assert torch.equal(m(a), m(b, gate_scale=0))
 
 
 # --------------------------------------------------------------------------- fast path
 @pytest.mark.parametrize("scale", [1.0, 0.4, 0.0])
 def test_inplace_inference_path_matches_autograd_path(unet, scale):
     m = copy.deepcopy(unet)
-    set_alpha_scale(m, scale)
     inp = inputs(2)
     with torch.no_grad():
-        fast = m(inp)
+        fast = m(inp, gate_scale=scale)
     with torch.inference_mode():
-        fast2 = m(inp)
+        fast2 = m(inp, gate_scale=scale)
     with torch.enable_grad():
-        ref = m(inp).detach()
+        ref = m(inp, gate_scale=scale).detach()
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
     assert torch.equal(fast, fast2)
 
@@ -235,14 +223,16 @@ def test_compile_does_not_recompile_when_the_scale_changes(unet):
 
     cm = torch.compile(m, backend=backend)
     inp = inputs(7)
+
+    def gate(v):  # what GroundedDenoiser passes: the number 0 (skip), else a 0-dim tensor
+        return 0.0 if v == 0 else torch.tensor(v)
+
     with torch.inference_mode():
         for scale in (1.0, 0.3, 0.7):
-            set_alpha_scale(m, scale)
-            torch.testing.assert_close(cm(inp), m(inp), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(cm(inp, gate_scale=gate(scale)), m(inp, gate_scale=scale), rtol=1e-5, atol=1e-5)
         assert len(graphs) == 1  # one graph, no graph break, no recompile for new scale values
         for scale in (0.0, 0.0, 0.5, 0.0, 1.0):
-            set_alpha_scale(m, scale)
-            torch.testing.assert_close(cm(inp), m(inp), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(cm(inp, gate_scale=gate(scale)), m(inp, gate_scale=scale), rtol=1e-5, atol=1e-5)
         assert len(graphs) == 2  # exactly one extra graph: the gates-off case
     torch._dynamo.reset()
 
@@ -272,32 +262,43 @@ def test_autoencoder_inplace_path_matches_autograd_path():
 
 
 @pytest.mark.parametrize("stride,size", [(1, 4), (2, 8), (1, 2)])
-def test_small_conv_gemm_path_matches_conv(monkeypatch, stride, size):
-    monkeypatch.setattr(unet_util, "SMALL_CONV_MAX_PIXELS", 128)
-    monkeypatch.setattr(unet_util, "SMALL_CONV_MIN_WEIGHT_BYTES", 0)
+def test_bench_small_conv_switch_matches_conv(monkeypatch, stride, size):
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+    import small_conv
+
     torch.manual_seed(0)
-    conv = nn.Conv2d(16, 24, 3, stride=stride, padding=1)
+    model = nn.Sequential(nn.Conv2d(16, 24, 3, stride=stride, padding=1))
+    conv = model[0]
     x = torch.randn(2, 16, size, size)
     with torch.no_grad():
+        ref = conv(x)
         used = []
         orig = torch.ops.aten._slow_conv2d_forward
         monkeypatch.setattr(torch.ops.aten, "_slow_conv2d_forward", lambda *a: used.append(1) or orig(*a), raising=False)
-        got = unet_util.conv2d(conv, x)
-        ref = conv(x)
+        assert small_conv.enable(model, max_pixels=128, min_weight_bytes=0) == 1
+        got = model(x)
     assert used, "small-conv path not taken"
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
-    with torch.enable_grad():  # autograd: the plain module call
+    with torch.enable_grad():  # autograd: the plain convolution
         used.clear()
-        unet_util.conv2d(conv, x)
+        model(x)
+        assert not used
+    small_conv.disable(model)
+    with torch.no_grad():
+        used.clear()
+        model(x)
         assert not used
 
 
-def test_small_conv_default_respects_tuned_allocators(monkeypatch):
-    monkeypatch.delenv("GLIGEN_SMALL_CONV_MAX_PIXELS", raising=False)
-    for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "LD_PRELOAD"):
-        monkeypatch.delenv(k, raising=False)
-    assert unet_util._small_conv_max_pixels() == 128
-    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libjemalloc.so.2")
-    assert unet_util._small_conv_max_pixels() == 0
-    monkeypatch.setenv("GLIGEN_SMALL_CONV_MAX_PIXELS", "32")
-    assert unet_util._small_conv_max_pixels() == 32
+def test_model_code_reads_no_environment():
+    import inspect
+
+    from ldm.modules import attention
+    from ldm.modules.diffusionmodules import openaimodel
+
+    for mod in (unet_util, openaimodel, attention):
+        src = inspect.getsource(mod)
+        assert "os.environ" not in src and "LD_PRELOAD" not in src and "MALLOC_" not in src

@@ -100,7 +100,7 @@ def test_bomb_in_every_image_key(tiny, tmp_path, capsys, key, ckpt):
 
 
 def test_safe_opener_refuses_bomb_bytes_and_keeps_normal_images(tmp_path):
-    from ldm.image_io import ImageError, open_image
+    from ldm.imageops import ImageError, open_image
 
     with pytest.raises(ImageError, match="too large"):
         open_image(open(bomb_png(tmp_path / "b.png"), "rb").read())
@@ -240,7 +240,7 @@ def test_colour_picture_as_label_map_is_refused(tiny, tmp_path, capsys, mode, va
 
 
 def test_grey_rgb_label_map_and_id_150_accepted():
-    from ldm.image_io import open_label_map
+    from ldm.imageops import open_label_map
 
     import io
 

@@ -1,4 +1,5 @@
-"""Per-modality batch preparation (model.md §11.4): a :class:`Generation` -> tensors on CPU.
+"""Per-modality batch preparation (the original's ``prepare_batch*`` functions of
+``gligen_inference.py``): a :class:`Generation` -> tensors on CPU.
 
 Every function returns float32 CPU tensors already repeated over the batch; the pipeline moves
 them to the device / dtype. Keys are those the ``grounding_input`` adapters read.
@@ -7,16 +8,16 @@ from __future__ import annotations
 
 from typing import Protocol, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 
-from ldm import image_io
+from ldm import imageops
+from ldm.constants import MAX_OBJS, MAX_PERSONS, NUM_KEYPOINTS, SEM_CHANNELS
 
 from .errors import LayoutError, ResolveError
-from .layout import MAX_OBJS, MAX_PERSONS, NUM_KEYPOINTS, Generation
+from .layout import Generation
 from .modes import SPATIAL_BATCH_KEYS, Mode
-
-SEM_CLASSES = 152
 
 
 class GroundingFeatures(Protocol):
@@ -31,53 +32,30 @@ class GroundingFeatures(Protocol):
 # images
 # --------------------------------------------------------------------------------------
 def open_image(path: str, mode: str = "RGB") -> Image.Image:
-    """:func:`ldm.image_io.open_image` (size-checked decode) with a :class:`LayoutError` for bad files."""
-    try:
-        return image_io.open_image(path, mode)
-    except image_io.ImageError as e:
-        raise LayoutError(str(e)) from None
-
-
-def center_crop_square(im: Image.Image) -> Image.Image:
-    """Centre crop to the short side (torchvision ``center_crop`` rounding)."""
-    w, h = im.size
-    s = min(w, h)
-    top, left = int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
-    return im.crop((left, top, left + s, top + s))
-
-
-def to_tensor_m11(im: Image.Image) -> torch.Tensor:
-    """PIL RGB (H, W) -> (3, H, W) float32 in [-1, 1]: ``(x / 255 - 0.5) / 0.5``."""
-    x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(im.size[1], im.size[0], -1)
-    x = x.permute(2, 0, 1).float() / 255
-    return (x - 0.5) / 0.5
+    """:func:`ldm.imageops.open_image` (size-checked decode) with a :class:`LayoutError` for bad files."""
+    return imageops.open_image(path, mode, error=LayoutError)
 
 
 def inpainting_image(path: str, resolution: int | tuple[int, int]) -> torch.Tensor:
     """Image to inpaint: RGB, resized to ``resolution`` (R, or (H, W)) **without** cropping -> (1, 3, H, W) in [-1, 1]."""
     h, w = (resolution, resolution) if isinstance(resolution, int) else resolution
-    return to_tensor_m11(open_image(path).resize((w, h)))[None]
+    return imageops.to_m11(open_image(path).resize((w, h)))[None]
 
 
 def spatial_map(path: str, resolution: int) -> torch.Tensor:
     """HED / Canny / depth / normal map: RGB, centre crop, resize -> (3, R, R) in [-1, 1]."""
-    return to_tensor_m11(center_crop_square(open_image(path)).resize((resolution, resolution)))
+    return imageops.to_m11(imageops.center_crop(open_image(path)).resize((resolution, resolution)))
 
 
-def semantic_map(path: str, resolution: int, num_classes: int = SEM_CLASSES) -> torch.Tensor:
+def semantic_map(path: str, resolution: int, num_classes: int = SEM_CHANNELS) -> torch.Tensor:
     """ADE20K label image (class id 0..150 per pixel; colour pictures refused): centre crop, NEAREST
     resize -> one-hot (C, R, R)."""
-    try:
-        labels_im = image_io.open_label_map(path)
-    except image_io.ImageError as e:
-        raise LayoutError(str(e)) from None
-    im = center_crop_square(labels_im).resize((resolution, resolution), Image.NEAREST)
-    labels = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(resolution, resolution).long()
+    labels_im = imageops.open_label_map(path, error=LayoutError)
+    im = imageops.center_crop(labels_im).resize((resolution, resolution), Image.NEAREST)
+    labels = torch.from_numpy(np.array(im, dtype=np.uint8, copy=True))
     if int(labels.max()) >= num_classes:
         raise LayoutError(f"semantic map {path} has class index {int(labels.max())}; indices must be < {num_classes}")
-    onehot = torch.zeros(num_classes, resolution, resolution)
-    onehot.scatter_(0, labels[None], 1.0)
-    return onehot
+    return imageops.one_hot(labels, num_classes)
 
 
 # --------------------------------------------------------------------------------------

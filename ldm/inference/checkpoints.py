@@ -1,6 +1,6 @@
 """Where checkpoints come from: a local file, a Hub repo id, or the released model for a mode.
 
-Released checkpoints (hub_checkpoints.md): all files are ``diffusion_pytorch_model.bin`` in the
+Released checkpoints: all files are ``diffusion_pytorch_model.bin`` in the
 repos below. Downloads go through ``huggingface_hub.hf_hub_download`` (its cache;
 ``HF_HUB_OFFLINE=1`` is honoured: cached files only).
 """

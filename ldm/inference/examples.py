@@ -1,4 +1,4 @@
-"""The original ``gligen_inference.py`` example set (model.md §11.3): every mode and modality.
+"""The original ``gligen_inference.py`` example set: every mode and modality.
 
 Checkpoints are not named here: each example runs with the released Hub checkpoint of the mode it
 implies (``checkpoints.RELEASED``), or with the original's local file names under ``--ckpt_dir``.

@@ -1,6 +1,6 @@
 """Layout files: one or more generation requests (JSON or YAML), parsed and validated.
 
-A layout entry uses the keys of the original ``meta`` dicts (model.md §11.3)::
+A layout entry uses the keys of the original ``meta`` dicts::
 
     {"prompt": "a teddy bear sitting next to a bird",
      "phrases": ["a teddy bear", "a bird"],
@@ -30,12 +30,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from ldm.constants import MAX_OBJS, MAX_PERSONS, NUM_KEYPOINTS  # noqa: F401  (re-exported)
+
 from .errors import LayoutError
 from .modes import SPATIAL_LAYOUT_KEYS, Mode
 
-MAX_OBJS = 30
-MAX_PERSONS = 8
-NUM_KEYPOINTS = 17
 PIXEL_CANVAS = 512
 BOX_FORMATS = ("xyxy", "xywh", "xyxy_pixels", "xywh_pixels")
 
@@ -65,16 +64,16 @@ def _number_list(v: Any, n: int | None, what: str, where: str) -> list[float]:
 
 
 def check_image_file(path: str, what: str, where: str = "", label_map: bool = False) -> str:
-    """Raise :class:`LayoutError` unless ``path`` decodes safely (see :mod:`ldm.image_io`; with
+    """Raise :class:`LayoutError` unless ``path`` decodes safely (see :mod:`ldm.imageops`; with
     ``label_map``, as a semantic label map of class ids); returns ``path``."""
-    from ldm import image_io
+    from ldm import imageops
 
     try:
         if label_map:
-            image_io.open_label_map(path, what)
+            imageops.open_label_map(path, what)
         else:
-            image_io.open_image(path, None, what).close()
-    except image_io.ImageError as e:
+            imageops.open_image(path, None, what).close()
+    except imageops.ImageError as e:
         raise LayoutError(f"{where}{e}") from None
     return path
 
@@ -92,11 +91,11 @@ def resolve_path(path: Any, base_dir: str | None, what: str, where: str = "") ->
 
 
 def image_size_of(path: str) -> tuple[int, int]:
-    from ldm import image_io
+    from ldm import imageops
 
     try:
-        return image_io.image_size(path)
-    except image_io.ImageError as e:
+        return imageops.image_size(path)
+    except imageops.ImageError as e:
         raise LayoutError(str(e)) from None
 
 

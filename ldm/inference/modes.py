@@ -6,8 +6,8 @@ from the checkpoint's architecture, so Hub files named ``diffusion_pytorch_model
 1. the embedded config's ``grounding_tokenizer_input`` target
    (``grounding_input.<family>_grounding_tokinzer_input.GroundingNetInput``), else its
    ``model.params.grounding_tokenizer`` target (``...<family>_grounding_net.PositionNet``);
-2. otherwise the ``position_net.*`` / ``downsample_net.*`` keys of the UNet state dict
-   (hub_checkpoints.md "Distinguishing position_net keys");
+2. otherwise the ``position_net.*`` / ``downsample_net.*`` keys of the UNet state dict (each
+   family's tokenizer has its own parameter names, e.g. ``position_net.keypoint_embeddings``);
 3. inpainting from ``model.params.inpaint_mode`` or, without a config, the first-conv width.
 """
 from __future__ import annotations

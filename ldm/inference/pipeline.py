@@ -1,8 +1,9 @@
-"""The inference pipeline of ``gligen_inference.py`` (model.md §11.2), one generation at a time.
+"""The inference pipeline of ``gligen_inference.py`` (the original's ``run(meta, config)``), one generation at a time.
 
 :class:`Settings` holds the run options, :class:`Runner` loads checkpoints on demand (one at a
 time), prepares the batch for the checkpoint's mode, samples with classifier-free guidance and
-scheduled gates, decodes and saves::
+scheduled gates (:mod:`ldm.models.diffusion.sampling` over a
+:class:`~ldm.models.diffusion.denoiser.GroundedDenoiser`; the model is never modified), decodes and saves::
 
     runner = Runner(Settings(batch_size=2, steps=50, seed=1))
     paths = runner.run(Generation.from_dict({...}))
@@ -14,13 +15,13 @@ import math
 import os
 import secrets
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import torch
 
 from .batch import boxes_tensor, inpainting_image, open_image, prepare_batch
 from ldm.checkpoint import CheckpointError, load_sd_first_conv
+from ldm.constants import MAX_PERSONS
 from ldm.devices import DTYPES, resolve_device
 
 from .checkpoints import RELEASED_MODES, resolve_checkpoint
@@ -248,8 +249,9 @@ class Runner:
 
     def sd_first_conv(self):
         """SD v1.4's 4-channel first conv, needed by spatial-map models at steps whose gate scale is 0:
-        ``--sd_first_conv`` if given, else :func:`ldm.checkpoint.load_sd_first_conv` (working-directory
-        file, Hub cache, or a 46 KB ranged read from the Hub). None (with a warning) if unavailable."""
+        ``--sd_first_conv`` if given, else the ``--base_model``'s own first conv, else
+        :func:`ldm.checkpoint.load_sd_first_conv` (the original's file name in the working directory,
+        Hub cache, or a 46 KB ranged read from the Hub). None (with a warning) if unavailable."""
         if self._sd_conv is None and self.settings.base_model:
             self._sd_conv = self.base().first_conv()  # the base's own first conv
         if self._sd_conv is None:
@@ -265,25 +267,27 @@ class Runner:
     # ---------------------------------------------------------------- one generation
     @torch.no_grad()
     def generate(self, gen: Generation, starting_noise: torch.Tensor | None = None) -> Result:
-        """Sample ``batch_size`` images for ``gen`` (model.md §11.2, steps 1-10).
+        """Sample ``batch_size`` images for ``gen`` (load, prepare the batch, encode the prompts,
+        sample, decode: the original's ``run`` without the saving).
 
         ``starting_noise`` (B, 4, h, w): the initial latent; None draws it from the seeded global
         generator (as the original, which always passes None).
         """
         from inpaint_mask_func import draw_masks_from_boxes
-        from ldm.models.diffusion.ddim import DDIMSampler
-        from ldm.models.diffusion.plms import PLMSSampler
-        from ldm.models.diffusion.sampling import alpha_generator, set_alpha_scale
+        from ldm.models.diffusion.denoiser import GroundedDenoiser
+        from ldm.models.diffusion.sampling import SAMPLERS, KnownRegion, alpha_generator, make_schedule
 
         s = self.settings
         path = self.checkpoint_for(gen)
         models, mode = self.load(path)
         gen.check_compatible(mode, f"checkpoint {os.path.basename(path)}")
         model, dev, dt = models.model, self.device, self.dtype
-        if hasattr(model, "restore_first_conv_from_GLIGEN"):
-            model.restore_first_conv_from_GLIGEN()  # undo a swap left by a previous generation
-        if model.downsample_net is not None and 0 in alpha_generator(s.num_steps, gen.alpha_type):
-            model.sd_first_conv = self.sd_first_conv()
+        schedule = make_schedule(models.diffusion.alphas_cumprod, s.num_steps)
+        gates = alpha_generator(len(schedule), gen.alpha_type)
+        sd_conv = None
+        if model.uses_spatial_first_conv and 0 in gates:
+            sd_conv = self.sd_first_conv()  # warns when unavailable; then the checkpoint's own conv
+            sd_conv = sd_conv if sd_conv is not None else model.checkpoint_first_conv_as_sd()
         B = s.batch_size
         H, W = self.image_size(models, mode)
         f = models.autoencoder.downsample_factor
@@ -294,7 +298,7 @@ class Runner:
                                       (mode.family == "text_image" and any(p is not None for p in gen.images)))
         batch = prepare_batch(gen, mode, B, H, dim=dim,
                               features=self.features() if needs_clip else None,
-                              max_persons=getattr(model.position_net, "max_persons_per_image", 8))
+                              max_persons=getattr(model.position_net, "max_persons_per_image", MAX_PERSONS))
         # coordinates stay float32 (Fourier features of boxes / points are computed in float32)
         batch = {k: v.to(dev, dt if v.is_floating_point() and k not in ("boxes", "points") else None)
                  for k, v in batch.items()}
@@ -303,14 +307,12 @@ class Runner:
         negative = gen.negative_prompt if gen.negative_prompt is not None else s.negative_prompt
         uc = models.text_encoder.encode([negative if negative is not None else ""] * B).to(dt)
 
-        sampler_cls = PLMSSampler if s.sampler == "plms" else DDIMSampler
-        sampler = sampler_cls(models.diffusion, model, alpha_generator_func=partial(alpha_generator, type=gen.alpha_type),
-                              set_alpha_scale=set_alpha_scale, progress=s.progress)
-
         seed = s.seed if s.seed is not None else gen.seed
         if seed is None:
             seed = secrets.randbelow(2 ** 31)
-        torch.manual_seed(seed)  # RNG order from here on follows the original (model.md §11.5)
+        # RNG order from here on follows the original's gligen_inference.run: the inpainting
+        # encode, the initial noise, then each step's draws (see ldm.models.diffusion.sampling)
+        torch.manual_seed(seed)
 
         mask = z0 = inpainting_extra = None
         if mode.inpaint:
@@ -320,15 +322,15 @@ class Runner:
             z0 = models.autoencoder.encode(image)
             inpainting_extra = torch.cat([z0 * mask, mask], dim=1).to(dt)  # (B, 4 + 1, h, w)
 
-        grounding_input = models.grounding_tokenizer_input.prepare(batch)
         gdi = models.grounding_downsampler_input
-        x = None if starting_noise is None else starting_noise.to(dev, torch.float32).clone()
-        input = dict(x=x, timesteps=None, context=context, grounding_input=grounding_input,
-                     inpainting_extra_input=inpainting_extra,
-                     grounding_extra_input=gdi.prepare(batch) if gdi is not None else None)
+        denoise = GroundedDenoiser(model, context, models.grounding_tokenizer_input.prepare(batch), uc, s.guidance_scale,
+                                   inpainting_extra_input=inpainting_extra,
+                                   grounding_extra_input=gdi.prepare(batch) if gdi is not None else None,
+                                   sd_first_conv=sd_conv)
         shape = (B, model.in_channels, H // f, W // f)
-        samples = sampler.sample(S=s.num_steps, shape=shape, input=input, uc=uc, guidance_scale=s.guidance_scale,
-                                 mask=mask, x0=z0)
+        x = torch.randn(shape, device=dev) if starting_noise is None else starting_noise.to(dev, torch.float32)
+        known = KnownRegion(models.diffusion, z0, mask) if mode.inpaint else None
+        samples = SAMPLERS[s.sampler](denoise, x, schedule, gates, known=known, progress=s.progress)
         images = models.autoencoder.decode(samples.to(dt)).float()
         if not torch.isfinite(images).all():
             hint = "try --dtype fp32 or a smaller guidance scale" if s.dtype != "fp32" else "try a smaller guidance scale"
@@ -351,7 +353,8 @@ class Runner:
             raise LayoutError(f"cannot write to the output folder {folder}: {reason}") from None
 
     def save(self, result: Result) -> list[str]:
-        """Write ``<n>.png``, ``<n>_annotated.png`` and ``<n>.json`` per sample (model.md §11.2 step 11)."""
+        """Write ``<n>.png``, ``<n>_annotated.png`` and ``<n>.json`` per sample (numbered after the
+        folder's existing entries, as the original)."""
         gen, mode = result.generation, result.mode
         folder = self.check_output_folder(gen, mode)
         start = next_index(folder)

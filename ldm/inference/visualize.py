@@ -13,11 +13,11 @@ PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 13
 MIN_SIDE = 512
 
 
-def _canvas(image: Image.Image) -> Image.Image:
-    """RGB copy, upscaled (nearest) so that labels stay readable on tiny images."""
+def _canvas(image: Image.Image, min_side: int = MIN_SIDE) -> Image.Image:
+    """RGB copy, upscaled (nearest) to at least ``min_side`` so that labels stay readable on tiny images."""
     image = image.convert("RGB")
-    if max(image.size) < MIN_SIDE:
-        f = -(-MIN_SIDE // max(image.size))
+    if max(image.size) < min_side:
+        f = -(-min_side // max(image.size))
         image = image.resize((image.width * f, image.height * f), Image.NEAREST)
     return image
 
@@ -29,9 +29,11 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def draw_boxes(image: Image.Image, boxes: Sequence[Sequence[float]], labels: Sequence[str | None] = ()) -> Image.Image:
-    """Draw normalised ``xyxy`` boxes with their labels; returns a new (possibly upscaled) image."""
-    im = _canvas(image)
+def draw_boxes(image: Image.Image, boxes: Sequence[Sequence[float]], labels: Sequence[str | None] = (),
+               min_side: int = MIN_SIDE) -> Image.Image:
+    """Draw normalised ``xyxy`` boxes with their labels; returns a new image, upscaled to at least
+    ``min_side`` pixels (0: never)."""
+    im = _canvas(image, min_side)
     draw = ImageDraw.Draw(im)
     w, h = im.size
     font = _font(max(12, w // 40))

@@ -30,12 +30,16 @@ class AutoencoderKL(nn.Module):
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, sample: bool = True) -> torch.Tensor:
-        """A posterior sample (noise from the CPU generator, as the original) times ``scale_factor``."""
+        """A posterior sample (noise from the CPU generator, as the original) times ``scale_factor``.
+
+        The result is contiguous, as the original's: its layout decides which values a later
+        ``randn_like(z)`` (inpainting's ``q_sample``, training noise) puts where.
+        """
         mean, std = self.posterior(x)
         z = mean
         if sample:
             z = mean + std * torch.randn(mean.shape).to(device=mean.device, dtype=mean.dtype)
-        return z * self.scale_factor
+        return (z * self.scale_factor).contiguous()
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, slice_size: int | None = None) -> torch.Tensor:

@@ -34,7 +34,7 @@ def residual_add(branch: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def gated_add(x: torch.Tensor, gate: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-    """``x + gate * branch`` (gate: 0-dim tensor); in place into ``branch`` without autograd."""
+    """``x + gate * branch`` (gate: 0-dim tensor or number); in place into ``branch`` without autograd."""
     if _inplace_ok() and branch.shape == x.shape and branch.dtype == x.dtype:
         return branch.mul_(gate).add_(x)
     return x + gate * branch
@@ -103,17 +103,25 @@ class FeedForward(nn.Module):
         return self.net(x)
 
 
+def gate_is_off(gate) -> bool:
+    """True when ``gate`` is the Python number 0: the gated layer is then the identity and skipped.
+
+    A tensor gate never skips (no device sync to read it); ``x + 0 * branch == x`` exactly anyway.
+    """
+    return not isinstance(gate, torch.Tensor) and gate == 0
+
+
 class _GatedFuser(nn.Module):
-    """Shared gate logic: ``x + scale * tanh(alpha) * branch``; ``scale`` is set per sampling step.
+    """Shared gate logic: ``x + gate * tanh(alpha) * branch`` (GLIGEN Eq. 3, with the per-step
+    scale ``gate`` of scheduled sampling, Sec. 3.3 of the paper).
 
-    ``scale`` behaves as the original's plain attribute (``module.scale = 0.3``; reads give the
-    Python float) but is *held* in a non-persistent 0-dim buffer ``gate_scale`` updated in place,
-    so a ``torch.compile``-d model sees a tensor input and does not recompile when the value
-    changes. ``state_dict()`` is unchanged (non-persistent buffers are not saved).
-
-    With ``scale == 0`` the layer is the identity and is skipped (exactly equal result, no work).
-    The skip decision reads the Python bool ``gate_on`` (mirror of ``scale != 0``): under
-    ``torch.compile`` that costs one extra graph for the "gates off" case, never one per value.
+    ``gate`` is an argument of each call, never module state: a Python number or a 0-dim tensor
+    (a tensor lets a ``torch.compile``-d UNet change the value without recompiling). With the
+    Python number 0 the layer is skipped (exactly the identity, no work). ``gate=None`` uses the
+    attribute ``scale`` (1.0), kept only so scripts written for the original, which set
+    ``module.scale`` through ``set_alpha_scale``, keep working. (That function matched exact class
+    names, so the original never scheduled ``gatedSA2`` layers; the per-call gate reaches every
+    fuser. No released checkpoint uses ``gatedSA2``.)
     """
 
     def __init__(self, query_dim: int):
@@ -123,32 +131,14 @@ class _GatedFuser(nn.Module):
         self.norm2 = nn.LayerNorm(query_dim)
         self.register_parameter("alpha_attn", nn.Parameter(torch.tensor(0.0)))
         self.register_parameter("alpha_dense", nn.Parameter(torch.tensor(0.0)))
-        self.register_buffer("gate_scale", torch.tensor(1.0), persistent=False)
         self.scale = 1.0
 
-    @property
-    def scale(self) -> float:
-        return self._scale
+    def resolve_gate(self, gate):
+        """The gate of this call: ``gate``, or the legacy ``scale`` attribute when None."""
+        return self.scale if gate is None else gate
 
-    @scale.setter
-    def scale(self, value) -> None:
-        value = float(value)
-        self.__dict__["_scale"] = value
-        self.__dict__["gate_on"] = value != 0
-        buf = self.gate_scale
-        if buf.is_inference() and not torch.is_inference_mode_enabled():
-            with torch.inference_mode():  # the model was built under inference_mode
-                buf.fill_(value)
-        else:
-            with torch.no_grad():
-                buf.fill_(value)
-
-    def gate(self, alpha: torch.Tensor) -> torch.Tensor:
-        """``scale * tanh(alpha)`` as a 0-dim tensor."""
-        return self.gate_scale * torch.tanh(alpha)
-
-    def gated_ff(self, x):
-        return gated_add(x, self.gate(self.alpha_dense), self.ff(self.norm2(x)))
+    def gated_ff(self, x, gate):
+        return gated_add(x, gate * torch.tanh(self.alpha_dense), self.ff(self.norm2(x)))
 
 
 class GatedSelfAttentionDense(_GatedFuser):
@@ -163,23 +153,25 @@ class GatedSelfAttentionDense(_GatedFuser):
         self.linear = nn.Linear(context_dim, query_dim)
         self.attn = SelfAttention(query_dim, heads=n_heads, dim_head=d_head)
 
-    def forward(self, x, objs):
-        if not self.gate_on:
+    def forward(self, x, objs, gate=None):
+        gate = self.resolve_gate(gate)
+        if gate_is_off(gate):
             return x
         # LayerNorm is per token, so norm1(cat([x, g])) == cat([norm1(x), norm1(g)]) exactly;
         # normalising the parts keeps the visual queries contiguous.
         hx = self.norm1(x)
         h = torch.cat([hx, self.norm1(self.linear(objs))], dim=1)
-        x = gated_add(x, self.gate(self.alpha_attn), self.attn(hx, h))
-        return self.gated_ff(x)
+        x = gated_add(x, gate * torch.tanh(self.alpha_attn), self.attn(hx, h))
+        return self.gated_ff(x, gate)
 
 
 class GatedSelfAttentionDense2(GatedSelfAttentionDense):
     """Variant (fuser ``gatedSA2``): the grounding tokens' outputs, laid on a square grid and
     bicubically resized to the visual grid, form the residual. Needs square N_v and N_g."""
 
-    def forward(self, x, objs):
-        if not self.gate_on:
+    def forward(self, x, objs, gate=None):
+        gate = self.resolve_gate(gate)
+        if gate_is_off(gate):
             return x
         B, n_visual, C = x.shape
         n_ground = objs.shape[1]
@@ -190,8 +182,8 @@ class GatedSelfAttentionDense2(GatedSelfAttentionDense):
         g = self.attn(h[:, n_visual:], h)  # (B, N_g, C)
         g = g.transpose(1, 2).reshape(B, C, size_g, size_g)
         g = F.interpolate(g, size=(size_v, size_v), mode="bicubic").reshape(B, C, n_visual).transpose(1, 2)
-        x = gated_add(x, self.gate(self.alpha_attn), g)
-        return self.gated_ff(x)
+        x = gated_add(x, gate * torch.tanh(self.alpha_attn), g)
+        return self.gated_ff(x, gate)
 
 
 class GatedCrossAttentionDense(_GatedFuser):
@@ -201,11 +193,12 @@ class GatedCrossAttentionDense(_GatedFuser):
         super().__init__(query_dim)
         self.attn = CrossAttention(query_dim, key_dim, value_dim, heads=n_heads, dim_head=d_head)
 
-    def forward(self, x, objs):
-        if not self.gate_on:
+    def forward(self, x, objs, gate=None):
+        gate = self.resolve_gate(gate)
+        if gate_is_off(gate):
             return x
-        x = gated_add(x, self.gate(self.alpha_attn), self.attn(self.norm1(x), objs, objs))
-        return self.gated_ff(x)
+        x = gated_add(x, gate * torch.tanh(self.alpha_attn), self.attn(self.norm1(x), objs, objs))
+        return self.gated_ff(x, gate)
 
 
 FUSERS = {"gatedSA": GatedSelfAttentionDense, "gatedSA2": GatedSelfAttentionDense2, "gatedCA": GatedCrossAttentionDense}
@@ -230,12 +223,12 @@ class BasicTransformerBlock(nn.Module):
         else:
             self.fuser = FUSERS[fuser_type](query_dim, key_dim, n_heads, d_head)
 
-    def forward(self, x, context, objs):
-        return checkpoint(self._forward, x, context, objs, enabled=self.use_checkpoint and self.training)
+    def forward(self, x, context, objs, gate=None):
+        return checkpoint(self._forward, x, context, objs, gate, enabled=self.use_checkpoint and self.training)
 
-    def _forward(self, x, context, objs):
+    def _forward(self, x, context, objs, gate=None):
         x = residual_add(self.attn1(self.norm1(x)), x)
-        x = self.fuser(x, objs)
+        x = self.fuser(x, objs, gate)
         x = residual_add(self.attn2(self.norm2(x), context, context), x)
         return residual_add(self.ff(self.norm3(x)), x)
 
@@ -260,13 +253,14 @@ class SpatialTransformer(nn.Module):
             for _ in range(depth))
         self.proj_out = zero_module(nn.Conv2d(query_dim, in_channels, 1))
 
-    def forward(self, x, context, objs):
+    def forward(self, x, context, objs, gate=None):
+        """``gate``: scale of the gated fusers for this call (see :class:`_GatedFuser`)."""
         B, C, H, W = x.shape
         x_in = x
         x = self.proj_in(self.norm(x))
         x = x.flatten(2).transpose(1, 2)  # (B, H*W, C), row-major
         for block in self.transformer_blocks:
-            x = block(x, context, objs)
+            x = block(x, context, objs, gate)
         # (B, H*W, C) -> (B, C, H, W): the plain reshape is a channels-last *view*; keep the layout
         # of the block's input (a stray channels-last activation makes every later conv of a
         # contiguous model re-order its weights on each call, and vice versa).

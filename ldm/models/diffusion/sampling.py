@@ -1,33 +1,37 @@
-"""Shared pieces of the GLIGEN samplers (PLMS and DDIM differ only in their loop).
+"""GLIGEN's samplers as functions over a denoiser (in the style of k-diffusion's ``sampling.py``).
 
-One place per idea:
+A *denoiser* is any callable ``denoise(x, t, gate) -> eps``: ``x`` (B, C, H, W) latent, ``t`` (B,)
+long DDPM timesteps, ``gate`` the scale of the gated grounding layers for this step (a float;
+scheduled sampling, Sec. 3.3 of the GLIGEN paper). Classifier-free guidance, grounding tokens and
+model quirks live in the denoiser (:class:`ldm.models.diffusion.denoiser.GroundedDenoiser`), never
+in a loop. A sampler function is a short loop that leaves everything it is given unchanged.
 
-* :func:`make_ddim_timesteps` / :func:`make_schedule` -- the "uniform" DDIM discretisation
-  and its per-step tables (spec model.md §10.1);
-* :func:`guided_eps` -- one classifier-free-guided noise prediction, both branches in ONE
-  batched UNet call (§10.2);
-* :func:`ddim_update` -- eps -> (x_prev, pred_x0) (§10.2, "get_x_prev_and_pred_x0");
-* :func:`inpaint_replace` -- known-region replacement from the clean latent (§10.6);
-* :func:`alpha_generator`, :func:`set_alpha_scale`, :func:`apply_gate_alpha` -- scheduled
-  sampling of the gated self-attention layers (§10.5);
-* :class:`BaseSampler` -- construction, schedule, set-up and progress bar shared by
-  :class:`~ldm.models.diffusion.plms.PLMSSampler` and :class:`~ldm.models.diffusion.ddim.DDIMSampler`.
+* :func:`make_ddim_timesteps` / :func:`make_schedule` -- the "uniform" discretisation of the
+  original's ``ldm/models/diffusion/ddim.py`` and its per-step tables;
+* :func:`ddim_update` -- eps -> (x_prev, pred_x0) (the original's ``get_x_prev_and_pred_x0``);
+* :class:`KnownRegion` -- inpainting's known-region replacement;
+* :func:`plms`, :func:`ddim` -- the two samplers;
+* :func:`alpha_generator` -- the per-step gate schedule of ``gligen_inference.py``;
+  :func:`set_alpha_scale` -- the original's way of applying it (module state), legacy API only.
 
-RNG: everything draws from the *global* torch generator in the original's order
-(model.md §11.5): the initial latent if ``input["x"]`` is None, then per step the inpainting
-``q_sample`` noise (``randn_like(x0)``) followed by one ``randn_like(x)`` per update, even
-though ``sigma = 0``.
+RNG: everything draws from the *global* torch generator in the original's order: per step the
+inpainting ``q_sample`` noise (``randn_like(x0)``) and then one ``randn_like(x)`` per update,
+even though ``sigma = 0`` (PLMS's first step computes its update twice, so it draws twice).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
+#: the gated layers whose ``scale`` the original's ``set_alpha_scale`` sets (exact class names)
 GATED_LAYER_NAMES = ("GatedSelfAttentionDense", "GatedCrossAttentionDense")
+
+#: ``denoise(x (B,C,H,W), t (B,) long, gate: float) -> eps (B,C,H,W)``
+Denoiser = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
 
 # --------------------------------------------------------------------------------------
@@ -132,120 +136,109 @@ def ddim_update(x: torch.Tensor, eps: torch.Tensor, schedule: Schedule, index: i
 # --------------------------------------------------------------------------------------
 # inpainting
 # --------------------------------------------------------------------------------------
-def inpaint_replace(diffusion, x: torch.Tensor, x0: torch.Tensor, mask: torch.Tensor, ts: torch.Tensor):
-    """Replace the known region of ``x`` by ``x0`` noised to ``ts``.
+class KnownRegion:
+    """Inpainting's known region: at the start of every step the latent outside the boxes is
+    replaced by the clean latent noised to the current timestep (the original's samplers, the
+    ``mask``/``x0`` arguments of ``sample``).
 
     Args:
-        x: (B, C, H, W) current latent.
+        diffusion: ``LatentDiffusion`` (its ``q_sample`` draws ``randn_like(x0)`` per call).
         x0: (1 or B, C, H, W) clean latent of the input image.
         mask: (B or 1, 1, H, W), 1 = keep (known), 0 = generate.
-        ts: (B,) timesteps of the current step.
-
-    ``diffusion.q_sample(x0, ts)`` draws ``randn_like(x0)`` (one draw per step, as the original).
     """
-    x_known = diffusion.q_sample(x0, ts)
-    return x_known * mask + (1.0 - mask) * x
+
+    def __init__(self, diffusion, x0: torch.Tensor, mask: torch.Tensor):
+        self.diffusion, self.x0, self.mask = diffusion, x0, mask
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        x_known = self.diffusion.q_sample(self.x0, t)
+        return x_known * self.mask + (1.0 - self.mask) * x
 
 
 # --------------------------------------------------------------------------------------
-# classifier-free guidance
+# samplers
 # --------------------------------------------------------------------------------------
-def _param_dtype(model) -> torch.dtype | None:
-    p = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
-    return p.dtype if p is not None else None
+def _steps(n: int, progress: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(range(n), desc=desc, total=n, disable=not progress, leave=False)
 
 
-def _cat_pair(a: Any, b: Any) -> Any:
-    """Concatenate two (nested dicts of) tensors along dim 0; non-tensors must agree."""
-    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-        return torch.cat([a, b.to(device=a.device)], dim=0)
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        if set(a) != set(b):
-            raise ValueError(f"grounding inputs disagree on keys: {sorted(a)} vs {sorted(b)}")
-        return {k: _cat_pair(a[k], b[k]) for k in a}
-    if a is None and b is None:
-        return None
-    raise TypeError(f"cannot batch CFG branches: {type(a).__name__} / {type(b).__name__}")
+def _timesteps(step, x: torch.Tensor) -> torch.Tensor:
+    return torch.full((x.shape[0],), int(step), device=x.device, dtype=torch.long)
 
 
-def _null_grounding_fn(model) -> Callable[[], Mapping] | None:
-    """``model.grounding_tokenizer_input.get_null_input`` if it can be called, else None."""
-    gti = getattr(model, "grounding_tokenizer_input", None)
-    if gti is None or not hasattr(gti, "get_null_input") or not getattr(gti, "set", True):
-        return None
-    return gti.get_null_input
+def _gates(gates: Sequence | None, n: int) -> list:
+    if gates is None:
+        return [1.0] * n
+    gates = list(gates)
+    if len(gates) != n:
+        raise ValueError(f"{len(gates)} gate values for {n} sampling steps")
+    return gates
 
 
-def with_cached_tokens(model, model_input: dict, cache: dict | None, key: str) -> dict:
-    """``model_input`` plus ``grounding_tokens`` computed once per sampling run.
-
-    Grounding tokens depend only on the grounding input (not on x, t or the gate scale), so the
-    ``position_net`` runs once per branch and run instead of once per step. ``cache`` is None, or
-    the model in training mode (per-call grounding dropout), keeps the per-call computation.
-    """
-    if cache is None or getattr(model, "training", False) or not hasattr(model, "position_net"):
-        return model_input
-    if key not in cache:
-        g = model_input.get("grounding_input")
-        if g is None:
-            null_fn = _null_grounding_fn(model)
-            if null_fn is None:
-                return model_input
-            g = null_fn()
-        cache[key] = model.grounding_tokens({"grounding_input": g}) if hasattr(model, "grounding_tokens") \
-            else model.position_net(**g)
-    return {**model_input, "grounding_tokens": cache[key]}
+def plms_combine(e_t: torch.Tensor, old_eps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Adams-Bashforth combination of ``e_t`` with up to three previous eps (newest last)."""
+    n = len(old_eps)
+    if n == 1:
+        return (3 * e_t - old_eps[-1]) / 2
+    if n == 2:
+        return (23 * e_t - 16 * old_eps[-1] + 5 * old_eps[-2]) / 12
+    return (55 * e_t - 59 * old_eps[-1] + 37 * old_eps[-2] - 9 * old_eps[-3]) / 24
 
 
-def guided_eps(model, input: dict, uc: torch.Tensor | None = None, guidance_scale: float = 1.0,
-               batched: bool = True, token_cache: dict | None = None) -> torch.Tensor:
-    """Classifier-free-guided noise prediction ``e_u + s * (e_c - e_u)``.
+@torch.no_grad()
+def plms(denoise: Denoiser, x: torch.Tensor, schedule: "Schedule", gates: Sequence | None = None,
+         known: KnownRegion | None = None, progress: bool = False) -> torch.Tensor:
+    """Pseudo linear multi-step sampling (Liu et al. 2022, "Pseudo Numerical Methods for Diffusion
+    Models on Manifolds"), as the original's ``PLMSSampler``: fourth-order Adams-Bashforth on eps
+    with a Heun-like start (the first step averages eps at t and at the DDIM-predicted next point).
 
     Args:
-        model: GLIGEN UNet, ``model(dict) -> eps``.
-        input: dict with ``x`` (B,C,H,W), ``timesteps`` (B,), ``context`` (B,77,D),
-            ``grounding_input`` (kwargs of the grounding tokenizer; absent = null grounding),
-            ``inpainting_extra_input`` (B,5,H,W) or None, ``grounding_extra_input`` or None.
-        uc: (B,77,D) unconditional (negative-prompt) context; None disables guidance.
-        guidance_scale: CFG scale; exactly 1 disables guidance (single conditional pass).
-        batched: run both branches as ONE UNet call of batch 2B (cond first, then uncond whose
-            grounding tokens are ``model.grounding_tokenizer_input.get_null_input()``).
-            Falls back to two passes when the null input is unavailable.
-        token_cache: a dict kept for one sampling run; grounding tokens are computed once and
-            reused (see :func:`with_cached_tokens`). None recomputes them every call.
+        denoise: ``denoise(x, t, gate) -> eps`` (see the module docstring).
+        x: (B, C, H, W) initial latent x_T (not modified).
+        schedule: :func:`make_schedule` tables.
+        gates: per-step gate scale (``len(schedule)`` floats, e.g. :func:`alpha_generator`); None = 1.
+        known: inpainting known region, applied at the start of every step.
 
     Returns:
-        (B, C, H, W) guided eps in the dtype of ``input["x"]`` (the UNet runs in its parameter
-        dtype; latents can stay float32 for a half-precision model).
+        (B, C, H, W) final latent.
     """
-    x = input["x"]
-    mdtype = _param_dtype(model)
-    cast = (lambda t: t.to(mdtype)) if (mdtype is not None and mdtype != x.dtype) else (lambda t: t)
-    cond = {k: v for k, v in input.items() if not (k == "grounding_input" and v is None)}
-    cond["x"] = cast(x)
-    if uc is None or guidance_scale == 1:
-        return model(with_cached_tokens(model, cond, token_cache, "cond")).to(x.dtype)
+    times, n = schedule.time_range, len(schedule)
+    gates = _gates(gates, n)
+    old_eps: list = []
+    for i in _steps(n, progress, "PLMS Sampler"):
+        index, t = n - 1 - i, _timesteps(times[i], x)
+        if known is not None:
+            x = known(x, t)
+        e_t = denoise(x, t, gates[i])
+        if not old_eps:
+            x_mid, _ = ddim_update(x, e_t, schedule, index)
+            e_prime = (e_t + denoise(x_mid, _timesteps(times[min(i + 1, n - 1)], x), gates[i])) / 2
+        else:
+            e_prime = plms_combine(e_t, old_eps)
+        x, _ = ddim_update(x, e_prime, schedule, index)
+        old_eps = (old_eps + [e_t])[-3:]
+    return x
 
-    extras = ("inpainting_extra_input", "grounding_extra_input")
-    null_fn = _null_grounding_fn(model) if batched else None
-    if null_fn is not None:
-        cond_g = cond["grounding_input"] if "grounding_input" in cond else null_fn()
-        both = dict(
-            x=torch.cat([cond["x"], cond["x"]]),
-            timesteps=torch.cat([input["timesteps"], input["timesteps"]]),
-            context=torch.cat([input["context"], uc.to(input["context"].device)]),
-            grounding_input=_cat_pair(cond_g, null_fn()),
-        )
-        for k in extras:
-            v = input.get(k)
-            both[k] = None if v is None else torch.cat([v, v])
-        e_c, e_u = model(with_cached_tokens(model, both, token_cache, "both")).to(x.dtype).chunk(2)
-    else:
-        e_c = model(with_cached_tokens(model, cond, token_cache, "cond")).to(x.dtype)
-        unc = dict(x=cond["x"], timesteps=input["timesteps"], context=uc,
-                   **{k: input.get(k) for k in extras})
-        e_u = model(with_cached_tokens(model, unc, token_cache, "uncond")).to(x.dtype)
-    return e_u + guidance_scale * (e_c - e_u)
+
+@torch.no_grad()
+def ddim(denoise: Denoiser, x: torch.Tensor, schedule: "Schedule", gates: Sequence | None = None,
+         known: KnownRegion | None = None, progress: bool = False) -> torch.Tensor:
+    """Denoising diffusion implicit models (Song et al. 2021, "Denoising Diffusion Implicit Models"),
+    as the original's ``DDIMSampler``: one eps evaluation and one :func:`ddim_update` per step
+    (``eta`` is a property of ``schedule``; GLIGEN uses 0). Arguments as :func:`plms`."""
+    times, n = schedule.time_range, len(schedule)
+    gates = _gates(gates, n)
+    for i in _steps(n, progress, "DDIM Sampler"):
+        t = _timesteps(times[i], x)
+        if known is not None:
+            x = known(x, t)
+        x, _ = ddim_update(x, denoise(x, t, gates[i]), schedule, n - 1 - i)
+    return x
+
+
+SAMPLERS = {"plms": plms, "ddim": ddim}
 
 
 # --------------------------------------------------------------------------------------
@@ -281,121 +274,13 @@ def alpha_generator(length: int, type: Sequence[float] | None = None) -> list:
 
 
 def set_alpha_scale(model, alpha_scale: float) -> None:
-    """Set ``.scale`` of every ``GatedSelfAttentionDense`` / ``GatedCrossAttentionDense``.
+    """The original's ``set_alpha_scale``: set ``.scale`` of every ``GatedSelfAttentionDense`` /
+    ``GatedCrossAttentionDense`` (exact class names, as the original matches exact types).
 
-    Matches the exact class name (as the original matches the exact type): subclasses such as
-    ``GatedSelfAttentionDense2`` are left alone.
+    Legacy API: this *changes the model* until set back. Our samplers pass the scale to each
+    UNet call instead (``UNetModel.forward(..., gate_scale=)``); the legacy samplers that call
+    this put every scale back when they finish.
     """
     for mod in model.modules():
         if type(mod).__name__ in GATED_LAYER_NAMES:
             mod.scale = alpha_scale
-
-
-def apply_gate_alpha(model, alpha: float, set_alpha_scale_fn: Callable = set_alpha_scale) -> None:
-    """Apply one step's gate scale; ``alpha == 0`` also swaps the SD first conv back in."""
-    set_alpha_scale_fn(model, alpha)
-    if alpha == 0:
-        model.restore_first_conv_from_SD()
-
-
-# --------------------------------------------------------------------------------------
-# base sampler
-# --------------------------------------------------------------------------------------
-class BaseSampler:
-    """Common part of the PLMS and DDIM samplers.
-
-    Args:
-        diffusion: ``LatentDiffusion`` (buffers ``betas``, ``alphas_cumprod`` (T,),
-            ``num_timesteps``, method ``q_sample``).
-        model: GLIGEN UNet.
-        schedule: discretisation name, only ``"linear"`` (accepted for compatibility).
-        alpha_generator_func: ``f(num_steps) -> list`` of per-step gate scales, or None (gates
-            untouched).
-        set_alpha_scale: ``f(model, alpha)``; defaults to :func:`set_alpha_scale`.
-        progress: show a tqdm bar per sampling run.
-        batched_cfg: evaluate both CFG branches in one UNet call (see :func:`guided_eps`).
-    """
-
-    name = "Sampler"
-    eta = 0.0
-
-    def __init__(self, diffusion, model, schedule: str = "linear", alpha_generator_func: Callable | None = None,
-                 set_alpha_scale: Callable | None = None, progress: bool = True, batched_cfg: bool = True):
-        self.diffusion = diffusion
-        self.model = model
-        self.device = diffusion.betas.device
-        self.ddpm_num_timesteps = int(diffusion.num_timesteps)
-        self.schedule_name = schedule
-        self.alpha_generator_func = alpha_generator_func
-        self.set_alpha_scale = set_alpha_scale or globals()["set_alpha_scale"]
-        self.progress = progress
-        self.batched_cfg = batched_cfg
-        self.schedule: Schedule | None = None
-        self._token_cache: dict | None = None  # grounding tokens of the current run
-
-    def make_schedule(self, ddim_num_steps: int, ddim_eta: float = 0.0) -> Schedule:
-        ac = self.diffusion.alphas_cumprod
-        if ac.shape[0] != self.ddpm_num_timesteps:
-            raise ValueError("alphas_cumprod has to be defined for each timestep")
-        self.schedule = make_schedule(ac, ddim_num_steps, ddim_eta)
-        return self.schedule
-
-    # -- helpers used by the loops -------------------------------------------------------
-    def eps(self, input: dict, uc, guidance_scale) -> torch.Tensor:
-        """Guided eps of ``input`` (see :func:`guided_eps`)."""
-        return guided_eps(self.model, input, uc, guidance_scale, batched=self.batched_cfg, token_cache=self._token_cache)
-
-    def _alphas(self, n: int):
-        if self.alpha_generator_func is None:
-            return None
-        alphas = list(self.alpha_generator_func(n))
-        if len(alphas) != n:
-            raise ValueError(f"alpha_generator_func returned {len(alphas)} values for {n} steps")
-        return alphas
-
-    def _iterate(self, time_range, desc: str):
-        from tqdm.auto import tqdm
-
-        return tqdm(time_range, desc=desc, total=len(time_range), disable=not self.progress, leave=False)
-
-    @torch.no_grad()
-    def sample(self, S: int, shape: Sequence[int], input: dict, uc: torch.Tensor | None = None,
-               guidance_scale: float = 1, mask: torch.Tensor | None = None, x0: torch.Tensor | None = None):
-        """Run the sampler and return the final latent (B, C, H, W).
-
-        Args:
-            S: number of steps (``make_ddim_timesteps``).
-            shape: ``(B, C, H, W)`` of the initial noise (used when ``input["x"]`` is None).
-            input: UNet input dict (``x``, ``timesteps``, ``context``, ``grounding_input``,
-                ``inpainting_extra_input``, ``grounding_extra_input``); ``x`` and
-                ``timesteps`` are updated in place, as in the original.
-            uc: unconditional / negative-prompt context for CFG.
-            guidance_scale: CFG scale (1 = no guidance).
-            mask: (B, 1, H, W) inpainting mask (1 = keep) or None.
-            x0: clean latent of the inpainting input (required with ``mask``).
-        """
-        if mask is not None and x0 is None:
-            raise ValueError("inpainting needs x0 (the encoded input image) together with mask")
-        schedule = self.make_schedule(S, self.eta)
-        if input.get("x") is None:
-            input["x"] = torch.randn(tuple(shape), device=self.device)
-        time_range = schedule.time_range
-        alphas = self._alphas(len(time_range))
-        self._token_cache = {}
-        try:
-            return self._loop(input, schedule, time_range, alphas, uc, guidance_scale, mask, x0)
-        finally:
-            self._token_cache = None
-
-    def _step_prologue(self, i: int, alphas, input: dict, step: int, mask, x0) -> torch.Tensor:
-        """Gate handling, then (inpainting) known-region replacement. Returns ``ts`` (B,)."""
-        if alphas is not None:
-            apply_gate_alpha(self.model, alphas[i], self.set_alpha_scale)
-        x = input["x"]
-        ts = torch.full((x.shape[0],), int(step), device=self.device, dtype=torch.long)
-        if mask is not None:
-            input["x"] = inpaint_replace(self.diffusion, x, x0, mask, ts)
-        return ts
-
-    def _loop(self, input, schedule, time_range, alphas, uc, guidance_scale, mask, x0):  # pragma: no cover
-        raise NotImplementedError

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ldm.constants import NUM_KEYPOINTS
+
 from .convnext import ConvNeXt
 from .util import FourierEmbedder
-
-NUM_KEYPOINTS = 17
 
 
 def mlp(in_dim: int, out_dim: int, hidden: int = 512) -> nn.Sequential:

@@ -1,7 +1,6 @@
 """The SD v1 UNet with GLIGEN's grounding inputs (``UNetModel``)."""
 from __future__ import annotations
 
-import os
 import random
 import warnings
 from copy import deepcopy
@@ -10,49 +9,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from grounding_input.base import null_grounding
+from ldm.devices import cast_float as _cast
+from ldm.devices import param_dtype
 from ldm.modules.attention import SpatialTransformer
 from ldm.util import instantiate_from_config
 
-from .util import checkpoint, conv2d, normalization, timestep_embedding, zero_module
-
-SD_FIRST_CONV_FILE = "SD_input_conv_weight_bias.pth"
-
+from .util import checkpoint, normalization, timestep_embedding, zero_module
 
 _COORDINATE_KEYS = ("boxes", "points")
-
-
-def _cast(t, dtype):
-    """``t`` in ``dtype`` if it is a floating-point tensor of another dtype; anything else unchanged."""
-    if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != dtype:
-        return t.to(dtype)
-    return t
-
-
-def _param_dtype(module: nn.Module) -> torch.dtype | None:
-    p = next(module.parameters(), None)
-    return None if p is None else p.dtype
 
 
 class TimestepBlock(nn.Module):
     """A module whose forward takes the timestep embedding as a second argument."""
 
 
-def _route(layer, x, emb, context, objs):
+def _route(layer, x, emb, context, objs, gate):
     """Call one child of a :class:`TimestepEmbedSequential` with the arguments its kind takes."""
     if isinstance(layer, TimestepBlock):
         return layer(x, emb)
     if isinstance(layer, SpatialTransformer):
-        return layer(x, context, objs)
+        return layer(x, context, objs, gate)
     return layer(x)
 
 
 class TimestepEmbedSequential(nn.Sequential):
-    """Routes (x, emb, context, objs) to each child according to its kind."""
-
-    def forward(self, x, emb, context, objs):
-        for layer in self:
-            x = _route(layer, x, emb, context, objs)
-        return x
+    """A container of UNet layers (kept for the original's state-dict names ``input_blocks.N.M``);
+    :meth:`UNetModel.forward` walks its children itself (see :func:`_route`)."""
 
 
 class Upsample(nn.Module):
@@ -66,7 +49,7 @@ class Upsample(nn.Module):
 
     def forward(self, x):
         x = F.interpolate(x, scale_factor=2, mode="nearest")
-        return conv2d(self.conv, x) if self.use_conv else x
+        return self.conv(x) if self.use_conv else x
 
 
 class Downsample(nn.Module):
@@ -78,7 +61,7 @@ class Downsample(nn.Module):
             else nn.AvgPool2d(2, 2)
 
     def forward(self, x):
-        return conv2d(self.op, x) if isinstance(self.op, nn.Conv2d) else self.op(x)
+        return self.op(x)
 
 
 class ResBlock(TimestepBlock):
@@ -110,23 +93,31 @@ class ResBlock(TimestepBlock):
             return self.skip_connection(x) + self.out_layers(h)
         # no autograd: same operations, SiLU and the additions in place (fewer allocations)
         norm, _, conv = self.in_layers
-        h = conv2d(conv, F.silu(norm(x), inplace=True))
+        h = conv(F.silu(norm(x), inplace=True))
         h += self.emb_layers(emb).type(h.dtype)[..., None, None]
         norm, _, drop, conv = self.out_layers
-        h = conv2d(conv, drop(F.silu(norm(h), inplace=True)))
-        skip = self.skip_connection
-        h += conv2d(skip, x) if isinstance(skip, nn.Conv2d) else skip(x)
+        h = conv(drop(F.silu(norm(h), inplace=True)))
+        h += self.skip_connection(x)
         return h
 
 
 class UNetModel(nn.Module):
-    """SD v1 UNet + GLIGEN grounding.
+    """SD v1 UNet + GLIGEN grounding (the original's ``ldm/modules/diffusionmodules/openaimodel.py``).
 
-    ``forward(input)`` takes a dict: ``x`` (B, in_channels, H, W) noisy latent, ``timesteps`` (B,),
-    ``context`` (B, 77, context_dim), optional ``grounding_input`` (kwargs for ``position_net``;
-    absent -> the null grounding of ``grounding_tokenizer_input``), ``inpainting_extra_input``
-    (B, in_channels + 1, H, W) when ``inpaint_mode``, ``grounding_extra_input`` (the raw spatial map)
-    when there is a ``downsample_net``. Returns the predicted noise (B, out_channels, H, W).
+    ``forward(input, gate_scale=None, sd_first_conv=None)`` takes a dict: ``x`` (B, in_channels, H, W)
+    noisy latent, ``timesteps`` (B,), ``context`` (B, 77, context_dim), ``grounding_input`` (kwargs
+    of ``position_net``; absent -> the null grounding, see :meth:`grounding_tokens`),
+    ``inpainting_extra_input`` (B, in_channels + 1, H, W) when ``inpaint_mode``,
+    ``grounding_extra_input`` (the raw spatial map) when there is a ``downsample_net``, optional
+    ``grounding_tokens`` (B, N, context_dim) that replace ``position_net``. Returns the predicted
+    noise (B, out_channels, H, W). H and W are any multiple of ``2 ** (len(channel_mult) - 1)``.
+
+    The two per-call switches of scheduled sampling are arguments, never module state:
+    ``gate_scale`` multiplies every gated fuser (see :class:`ldm.modules.attention._GatedFuser`),
+    and ``sd_first_conv`` (``{"weight": (C, 4, 3, 3), "bias": (C,)}``) replaces the first conv
+    by Stable Diffusion's, dropping the spatial map's channels (what the original did by swapping
+    the module in ``restore_first_conv_from_SD``). The defaults (scale 1, the checkpoint's conv)
+    are what training uses.
     """
 
     def __init__(self, image_size, in_channels, model_channels, out_channels, num_res_blocks,
@@ -217,20 +208,27 @@ class UNetModel(nn.Module):
 
     # -- grounding -------------------------------------------------------------------------
     def grounding_tokens(self, input: dict) -> torch.Tensor:
-        """The grounding tokens (B, N, context_dim) for this forward call (spec: null if absent,
-        whole-batch null with probability 0.1 in training, drawn from Python's ``random``)."""
-        if "grounding_tokens" in input and input["grounding_tokens"] is not None:
+        """The grounding tokens (B, N, context_dim) for one forward call.
+
+        ``input["grounding_tokens"]`` if given; else ``position_net(**input["grounding_input"])``.
+        In training mode the whole batch's grounding is replaced by its null grounding with
+        probability 0.1, drawn from Python's ``random`` on every call (as the original's
+        ``UNetModel.forward``), for classifier-free guidance. Without ``grounding_input`` the
+        attached adapter's ``get_null_input()`` is used (the original's API; our samplers always
+        pass the grounding explicitly, built by :func:`grounding_input.base.null_grounding`).
+        """
+        if input.get("grounding_tokens") is not None:
             return input["grounding_tokens"]
-        adapter = self.grounding_tokenizer_input
-        if "grounding_input" in input:
+        if "grounding_input" in input and input["grounding_input"] is not None:
             kwargs = input["grounding_input"]
         else:
+            adapter = self.grounding_tokenizer_input
             if adapter is None:
                 raise RuntimeError("no grounding_input given and no grounding_tokenizer_input attached for null input")
             kwargs = adapter.get_null_input()
-        if self.training and random.random() < 0.1 and adapter is not None and adapter.set:
-            kwargs = adapter.get_null_input()
-        dtype = _param_dtype(self.position_net)
+        if self.training and random.random() < 0.1:
+            kwargs = null_grounding(kwargs)
+        dtype = param_dtype(self.position_net)
         if dtype is not None:
             # float inputs follow the tokenizer's dtype; box / point coordinates stay as given
             # (their Fourier features are computed in float32, then cast by the tokenizer)
@@ -242,46 +240,73 @@ class UNetModel(nn.Module):
         """The dtype the UNet computes in (that of its parameters)."""
         return self.time_embed[0].weight.dtype
 
-    def forward(self, input: dict) -> torch.Tensor:
+    @property
+    def uses_spatial_first_conv(self) -> bool:
+        """True for spatial-map models, whose first conv also reads the downsampled map; at steps
+        with gate scale 0 they run with SD's own first conv instead (``sd_first_conv``)."""
+        return self.downsample_net is not None and self.first_conv_restorable
+
+    def checkpoint_first_conv_as_sd(self) -> dict:
+        """The checkpoint's first conv restricted to the latent channels, ``{"weight", "bias"}``.
+
+        Exactly SD's conv for box/keypoint models (never trained there); for spatial-map models
+        an approximation used only when SD's own conv is not available.
+        """
+        conv = self.input_blocks[0][0]
+        return {"weight": conv.weight[:, :self.in_channels], "bias": conv.bias}
+
+    def forward(self, input: dict, gate_scale=None, sd_first_conv: dict | None = None) -> torch.Tensor:
         """See the class docstring. Inputs are cast to the parameters' dtype (fp16/bf16 models
         accept float32 latents, contexts and grounding inputs); the result has that dtype.
-        ``input["grounding_tokens"]`` (B, N, context_dim), when given, replaces ``position_net``."""
+
+        Args:
+            gate_scale: scale of every gated fuser for this call: a number (0 skips them exactly)
+                or a 0-dim tensor (no recompilation under ``torch.compile`` when it changes).
+                None: each fuser's legacy ``scale`` attribute (1.0 unless an old script set it).
+            sd_first_conv: SD's first conv ``{"weight", "bias"}`` to use instead of the model's
+                (spatial-map models at zero-gate steps); the map is then not used.
+        """
         dtype = self.dtype
         objs = _cast(self.grounding_tokens(input), dtype)
         emb = self.time_embed(timestep_embedding(input["timesteps"], self.model_channels).to(dtype))
         context = _cast(input["context"], dtype)
 
         h = _cast(input["x"], dtype)
-        if self.downsample_net is not None and self.first_conv_type == "GLIGEN":
+        if self.downsample_net is not None and sd_first_conv is None and self.first_conv_type == "GLIGEN":
             h = torch.cat([h, _cast(self.downsample_net(_cast(input["grounding_extra_input"], dtype)), dtype)], dim=1)
         if self.inpaint_mode:
             if self.downsample_net is not None:
                 raise NotImplementedError("inpainting with a spatial-map downsampler is not supported (as in the original)")
             h = torch.cat([h, _cast(input["inpainting_extra_input"], dtype)], dim=1)
 
-        # Blocks are unrolled here (same calls as TimestepEmbedSequential.forward) so that each
-        # intermediate, e.g. an output block's concatenated input, is released as soon as the
-        # next layer has consumed it: lower peak memory, identical numbers.
+        # Blocks are unrolled here so that each intermediate, e.g. an output block's concatenated
+        # input, is released as soon as the next layer has consumed it: lower peak memory.
         skips = []
-        for block in self.input_blocks:
-            for layer in block:
-                h = _route(layer, h, emb, context, objs)
+        for n, block in enumerate(self.input_blocks):
+            for m, layer in enumerate(block):
+                if n == 0 and m == 0 and sd_first_conv is not None:
+                    h = F.conv2d(h, _cast(sd_first_conv["weight"], dtype).to(h.device),
+                                 _cast(sd_first_conv["bias"], dtype).to(h.device), padding=1)
+                else:
+                    h = _route(layer, h, emb, context, objs, gate_scale)
             skips.append(h)
         for layer in self.middle_block:
-            h = _route(layer, h, emb, context, objs)
+            h = _route(layer, h, emb, context, objs, gate_scale)
         for block in self.output_blocks:
             h = torch.cat([h, skips.pop()], dim=1)
             for layer in block:
-                h = _route(layer, h, emb, context, objs)
+                h = _route(layer, h, emb, context, objs, gate_scale)
         return self.out(h)
 
-    # -- first-conv swap used by scheduled sampling ---------------------------------------
+    # -- the original's first-conv swap (legacy samplers only) ------------------------------
     def restore_first_conv_from_SD(self):
-        """Swap in Stable Diffusion's 4-channel first conv (spatial models then ignore the map).
+        """Swap in Stable Diffusion's 4-channel first conv module (the original's method, kept for
+        its sampler API; our samplers pass ``sd_first_conv`` to :meth:`forward` instead and the
+        legacy samplers undo this swap when they finish).
 
-        Source of SD's conv, in order: ``self.sd_first_conv`` (dict weight/bias), the original's
-        ``SD_input_conv_weight_bias.pth`` in the working directory, else the checkpoint's own conv
-        restricted to the latent channels (exact for box/keypoint models, whose first conv is SD's).
+        Source of SD's conv: ``self.sd_first_conv`` (``{"weight", "bias"}``, set by the caller),
+        else the checkpoint's own conv restricted to the latent channels (with a warning for
+        spatial-map models). Nothing is read from the working directory.
         """
         if not self.first_conv_restorable:
             return  # inpainting models keep their 9-channel conv
@@ -289,14 +314,12 @@ class UNetModel(nn.Module):
             return
         old = self.input_blocks[0][0]
         sd = self.sd_first_conv
-        if sd is None and os.path.isfile(SD_FIRST_CONV_FILE):
-            from ldm.checkpoint import load_sd_first_conv
-            sd = load_sd_first_conv(SD_FIRST_CONV_FILE)
         if sd is None:
             if self.downsample_net is not None:
-                warnings.warn("SD first-conv weights not provided (model.sd_first_conv or ./SD_input_conv_weight_bias.pth); "
-                              "using the checkpoint's first conv restricted to the latent channels", stacklevel=2)
-            sd = {"weight": old.weight[:, :self.in_channels], "bias": old.bias}
+                warnings.warn("SD first-conv weights not provided (set model.sd_first_conv, see "
+                              "ldm.checkpoint.load_sd_first_conv); using the checkpoint's first conv "
+                              "restricted to the latent channels", stacklevel=2)
+            sd = self.checkpoint_first_conv_as_sd()
         self.GLIGEN_first_conv_state_dict = deepcopy(old.state_dict())
         conv = nn.Conv2d(self.in_channels, old.out_channels, 3, padding=1).to(old.weight.device, old.weight.dtype)
         with torch.no_grad():
@@ -304,14 +327,3 @@ class UNetModel(nn.Module):
             conv.bias.copy_(sd["bias"])
         self.input_blocks[0][0] = conv
         self.first_conv_type = "SD"
-
-    def restore_first_conv_from_GLIGEN(self):
-        """Undo :meth:`restore_first_conv_from_SD`: put the checkpoint's own first conv back."""
-        state = self.__dict__.pop("GLIGEN_first_conv_state_dict", None)
-        if state is None:
-            return
-        old = self.input_blocks[0][0]
-        conv = nn.Conv2d(state["weight"].shape[1], state["weight"].shape[0], 3, padding=1)
-        conv.load_state_dict(state)
-        self.input_blocks[0][0] = conv.to(old.weight.device, old.weight.dtype)
-        self.first_conv_type = "GLIGEN" if self.downsample_net is not None else "SD"

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
@@ -21,53 +20,6 @@ def zero_module(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         p.detach().zero_()
     return module
-
-
-def _small_conv_max_pixels() -> int:
-    """Default of :data:`SMALL_CONV_MAX_PIXELS`: 128, or 0 when the environment already keeps large
-    blocks mapped (glibc malloc tuned through ``MALLOC_*_THRESHOLD_`` or a preloaded jemalloc /
-    tcmalloc / mimalloc); ``GLIGEN_SMALL_CONV_MAX_PIXELS`` overrides."""
-    env = os.environ
-    if env.get("GLIGEN_SMALL_CONV_MAX_PIXELS", "").strip():
-        return int(env["GLIGEN_SMALL_CONV_MAX_PIXELS"])
-    preload = env.get("LD_PRELOAD", "")
-    if "MALLOC_MMAP_THRESHOLD_" in env or "MALLOC_TRIM_THRESHOLD_" in env or \
-            any(name in preload for name in ("jemalloc", "tcmalloc", "mimalloc")):
-        return 0
-    return 128
-
-
-# CPU float32 convolutions whose output has at most this many pixels (batch x height x width) and
-# whose weight is at least SMALL_CONV_MIN_WEIGHT_BYTES run as im2col + GEMM instead of oneDNN.
-# Why: oneDNN copies the weight into its blocked layout on every call; with glibc's default
-# malloc a copy above 32 MiB is a fresh mmap, page-faulted anew each time, which makes e.g. the
-# 1280-channel 3x3 convs at 4x4 (a 256x256 image, CFG batch 2) about 2x slower than a plain
-# GEMM, and those at 8x8 (512x512) about 10% slower. With a
-# tuned allocator oneDNN is the faster one again, hence the environment check above.
-# 0 disables the small-conv path (module attribute, may be changed at run time).
-SMALL_CONV_MAX_PIXELS = _small_conv_max_pixels()
-SMALL_CONV_MIN_WEIGHT_BYTES = 32 * 2 ** 20
-
-
-def conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)``; without autograd, small CPU float32 outputs of large-weight convs use im2col + GEMM.
-
-    Same mathematical result as ``conv(x)`` (float32 rounding may differ in the last bits).
-    """
-    if (SMALL_CONV_MAX_PIXELS and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
-            and x.is_contiguous()  # NCHW (a channels-last model keeps oneDNN)
-            and not torch.is_grad_enabled() and conv.groups == 1 and conv.padding_mode == "zeros"
-            and not isinstance(conv.padding, str) and tuple(conv.dilation) == (1, 1)
-            and conv.weight.dtype == torch.float32
-            and conv.weight.numel() * 4 >= SMALL_CONV_MIN_WEIGHT_BYTES and not torch.compiler.is_compiling()):
-        kh, kw = conv.kernel_size
-        (sh, sw), (ph, pw) = conv.stride, conv.padding
-        ho = (x.shape[2] + 2 * ph - kh) // sh + 1
-        wo = (x.shape[3] + 2 * pw - kw) // sw + 1
-        if x.shape[0] * ho * wo <= SMALL_CONV_MAX_PIXELS:
-            return torch.ops.aten._slow_conv2d_forward(x, conv.weight, (kh, kw), conv.bias,
-                                                       (sh, sw), (ph, pw))
-    return conv(x)
 
 
 class GroupNorm32(nn.GroupNorm):

@@ -1,4 +1,4 @@
-"""CLIP phrase / image features used for grounding (model.md §7.2, data.md §2.5, §4.5).
+"""CLIP phrase / image features used for grounding.
 
 Shared by the offline data tool (``DATA/make_tsv.py``), the box datasets
 (``projection_matrix`` for ``after_reproject``) and inference (phrase and reference-image
@@ -23,6 +23,8 @@ from typing import Iterable, Sequence
 
 import torch
 from PIL import Image
+
+from ldm.imageops import center_crop
 
 __all__ = [
     "DEFAULT_CLIP_VERSION", "CLIP_MEAN", "CLIP_STD", "TEXT_FEATURE_NORM",
@@ -156,18 +158,12 @@ def _resize_short_side(image: Image.Image, size: int) -> Image.Image:
     return image.resize((new_w, new_h), resample=Image.BICUBIC)
 
 
-def _center_crop(image: Image.Image, size: int) -> Image.Image:
-    w, h = image.size
-    left, top = (w - size) // 2, (h - size) // 2
-    return image.crop((left, top, left + size, top + size))
-
-
 def preprocess_images(images: Iterable[Image.Image], mode: str = "clip", size: int = 224) -> torch.Tensor:
     """PIL images -> normalised ``pixel_values (N, 3, size, size)`` float32.
 
     mode ``"clip"``: standard CLIP preprocessing (short side -> ``size`` bicubic, centre crop);
     mode ``"crop_resize"``: resize to ``size x size`` bicubic without keeping the aspect ratio
-    (box crops, data.md §2.5).
+    (box crops, as the original's ``process_grounding.py``).
     """
     if isinstance(images, Image.Image):
         images = [images]
@@ -177,7 +173,7 @@ def preprocess_images(images: Iterable[Image.Image], mode: str = "clip", size: i
     for im in images:
         im = im.convert("RGB")
         if mode == "clip":
-            im = _center_crop(_resize_short_side(im, size), size)
+            im = center_crop(_resize_short_side(im, size), size, rounding="floor")
         elif mode == "crop_resize":
             im = im.resize((size, size), resample=Image.BICUBIC)
         else:
