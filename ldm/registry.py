@@ -87,6 +87,12 @@ def _entries() -> dict[str, Callable[[], Callable]]:
             _GN, "SpatialDownsampler", in_channels=channels, out_dim=8, resize_input=256, hidden=4)
     e[_DM + "hed_grounding_downsampler.GroundingDownsampler"] = lambda: _hed_downsampler
     e[_DM + "sem_grounding_downsampler.GroundingDownsampler"] = lambda: _sem_downsampler
+    # training datasets: our checkpoints embed the training config, dataset catalog targets included
+    for module, name in (("tsv_dataset", "TSVDataset"), ("dataset_kp", "KeypointDataset"),
+                         ("dataset_hed", "HedDataset"), ("dataset_canny", "CannyDataset"),
+                         ("dataset_depth", "DepthDataset"), ("dataset_normal", "NormalDataset"),
+                         ("dataset_sem", "SemanticDataset")):
+        e[f"dataset.{module}.{name}"] = _attr(f"dataset.{module}", name)
     return e
 
 

@@ -108,7 +108,7 @@ def test_ckpt_state_dict_mismatch(data_root, finished_run, tmp_path):
     dropped = _tampered(os.path.join(finished_run, "checkpoint_00000003.pth"), bad)
     msg = _fails_cleanly(main_cmd(data_root, str(tmp_path / "out"), "t", "--ckpt", str(bad)), tmp_path)
     assert f"--ckpt {bad}: state dict does not match the configured architecture" in msg
-    assert "2 missing keys" in msg and dropped[0] in msg
+    assert "2 missing key(s)" in msg and dropped[0] in msg
     assert "1 unexpected keys" in msg and "position_net.extra.weight" in msg
 
 
@@ -118,7 +118,7 @@ def test_resume_state_dict_mismatch(data_root, finished_run, tmp_path):
     dropped = _tampered(os.path.join(finished_run, "checkpoint_00000003.pth"), run / "checkpoint_latest.pth")
     msg = _fails_cleanly(main_cmd(data_root, str(tmp_path / "out"), "exp", "--total_iters", "5"), tmp_path)
     assert "resume checkpoint: state dict does not match the configured architecture" in msg
-    assert "2 missing keys" in msg and dropped[0] in msg and "position_net.extra.weight" in msg
+    assert "2 missing key(s)" in msg and dropped[0] in msg and "position_net.extra.weight" in msg
 
 
 def test_unreadable_latest_names_newest_intact_checkpoint(data_root, finished_run, tmp_path):
