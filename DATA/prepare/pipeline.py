@@ -18,7 +18,7 @@ At the end (also after a rerun that had nothing left to do) ``ROOT/dataset.yaml`
 Output layout::
 
     ROOT/tsv/train-00000.tsv (+ .lineidx)       box rows (DATA/README.md §2.1)
-    ROOT/tsv_canny/train-00000.tsv, tsv_depth/   row-aligned maps (§2.2)
+    ROOT/tsv_canny/train-00000.tsv, tsv_depth/   row-aligned maps (DATA/README.md, section 2.2)
     ROOT/sem/{images,labels}/train-00000/        <data_id>.jpg + ADE20K label <data_id>.png, sem/captions.json
     ROOT/normal/{images,normals}/train-00000/    <data_id>.png + <data_id>_normal.npy, normal/captions.json
     ROOT/keypoints/{person_keypoints,captions}.json   COCO files over the original images

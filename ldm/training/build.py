@@ -2,8 +2,9 @@
 optimizer over exactly the original's trainable parameters, the learning-rate schedule, EMA and
 the state of a resumed run.
 
-Weights, in this order (later wins): Stable Diffusion v1.4 (``DATA_ROOT/official_ckpt_name``,
-``strict=False`` with the first conv widened for extra input channels), ``--ckpt`` (strict), the
+Weights, in this order (later wins): Stable Diffusion v1.4 (``DATA_ROOT/official_ckpt_name``, or
+any SD-1.x model given as ``--base_model`` / the YAML key ``base_model``; ``strict=False`` with the
+first conv widened for extra input channels), ``--ckpt`` (strict), the
 auto-resume checkpoint (strict). The EMA copy is made after all of them.
 """
 from __future__ import annotations
@@ -84,6 +85,18 @@ def build_models(config, frozen_fallback: dict | None = None, log=print) -> Mode
     return models
 
 
+def _read_base(models: Models, config, base_model: str) -> dict:
+    """``--base_model`` (any SD-1.x model) in the layout of ``read_official_ckpt``; a base that is not
+    SD-1.x is refused with one line naming the first difference."""
+    from ldm.base_model import sd_checkpoint_parts
+    from ldm.checkpoint import official_text_encoder_state
+    from ldm.util import to_plain
+
+    reference = {"model": models.unet.state_dict(), "autoencoder": models.autoencoder.state_dict(),
+                 "text_encoder": official_text_encoder_state(models.text_encoder.state_dict())}
+    return sd_checkpoint_parts(base_model, to_plain(config["diffusion"]), reference=reference)
+
+
 def _load_pretrained(models: Models, config, extra_channels: int, fallback: dict | None, log) -> list | None:
     """SD v1.4 into the UNet (strict=False) and the frozen parts, then ``--ckpt``. Returns the SD UNet
     names (every frozen UNet parameter must be one), or None when SD came from ``fallback``."""
@@ -93,10 +106,11 @@ def _load_pretrained(models: Models, config, extra_channels: int, fallback: dict
     ckpt_path = config.get("ckpt")
     extra = load_checkpoint_file(ckpt_path) if ckpt_path else None
     unet = models.unet
-    sd_path = os.path.join(config.DATA_ROOT, config.official_ckpt_name)
+    base_model = config.get("base_model")
+    sd_path = base_model or os.path.join(config.DATA_ROOT, config.official_ckpt_name)
     original_names = None
-    if os.path.isfile(sd_path):
-        sd = read_official_ckpt(sd_path)
+    if base_model or os.path.isfile(sd_path):
+        sd = _read_base(models, config, base_model) if base_model else read_official_ckpt(sd_path)
         sd_unet = sd["model"]
         if extra_channels and sd_unet["input_blocks.0.0.weight"].shape[1] == unet.in_channels:
             add_additional_channels(sd_unet, extra_channels)

@@ -67,6 +67,9 @@ class TrainConfig:
     batch_size: int = _f(2, "per process (per micro-step), as the original")
     workers: int = _f(1, "DataLoader worker processes")
     official_ckpt_name: str = _f("sd-v1-4.ckpt", "Stable Diffusion v1.4 file under DATA_ROOT")
+    base_model: str | None = _f(None, "any SD-1.x model instead of DATA_ROOT/official_ckpt_name: an original "
+                                      ".ckpt, a single-file .safetensors, a diffusers folder or Hub repo id "
+                                      "(also a YAML key)", type=str_or_none)
     ckpt: str | None = _f(None, "GLIGEN checkpoint whose 'model' is loaded (strict) after SD", type=str_or_none)
     inpaint_mode: bool = _f(False, "train the inpainting variant (+5 input channels)", type=str2bool)
     randomize_fg_mask: bool = _f(False, "inpainting: random stroke masks inside boxes", type=str2bool)
