@@ -109,7 +109,7 @@ def test_ckpt_state_dict_mismatch(data_root, finished_run, tmp_path):
     msg = _fails_cleanly(main_cmd(data_root, str(tmp_path / "out"), "t", "--ckpt", str(bad)), tmp_path)
     assert f"--ckpt {bad}: state dict does not match the configured architecture" in msg
     assert "2 missing key(s)" in msg and dropped[0] in msg
-    assert "1 unexpected keys" in msg and "position_net.extra.weight" in msg
+    assert "1 unexpected key(s)" in msg and "position_net.extra.weight" in msg
 
 
 def test_resume_state_dict_mismatch(data_root, finished_run, tmp_path):

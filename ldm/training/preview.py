@@ -75,11 +75,17 @@ def real_images(batch: dict, dataset) -> torch.Tensor:
 
 
 def plms_sample(diffusion, unet, input: dict, uc: torch.Tensor, shape, steps: int) -> torch.Tensor:
-    """The one place training calls a sampler: PLMS, ``steps`` steps, guidance 5 -> latent (B,C,h,w)."""
-    from ldm.models.diffusion.plms import PLMSSampler
+    """The one place training calls a sampler: PLMS over :class:`GroundedDenoiser`, ``steps`` steps,
+    guidance 5, gates on throughout -> latent (B,C,h,w). ``input``: ``context``, ``grounding_input``,
+    ``inpainting_extra_input``, ``grounding_extra_input``. The UNet is not modified."""
+    from ldm.models.diffusion.denoiser import GroundedDenoiser
+    from ldm.models.diffusion.sampling import make_schedule, plms
 
-    sampler = PLMSSampler(diffusion, unet, progress=False)
-    return sampler.sample(S=steps, shape=shape, input=input, uc=uc, guidance_scale=PREVIEW_GUIDANCE)
+    denoise = GroundedDenoiser(unet, input["context"], input["grounding_input"], uc, PREVIEW_GUIDANCE,
+                               inpainting_extra_input=input.get("inpainting_extra_input"),
+                               grounding_extra_input=input.get("grounding_extra_input"))
+    x = torch.randn(tuple(shape), device=diffusion.betas.device)
+    return plms(denoise, x, make_schedule(diffusion.alphas_cumprod, steps))
 
 
 @torch.no_grad()
@@ -105,7 +111,7 @@ def save_preview(models, batch: dict, saver: ImageCaptionSaver, iter_name: int, 
             uc = models.text_encoder.encode([""] * B).float()
             x_start, _, context, inpainting_extra_input, grounding_extra_input = get_input(
                 models, batch, timesteps=torch.zeros(B, dtype=torch.long))
-            input = dict(x=None, timesteps=None, context=context, inpainting_extra_input=inpainting_extra_input,
+            input = dict(context=context, inpainting_extra_input=inpainting_extra_input,
                          grounding_extra_input=grounding_extra_input,
                          grounding_input=models.grounding_tokenizer_input.prepare(batch))
             shape = (B, unet.in_channels, x_start.shape[-2], x_start.shape[-1])
