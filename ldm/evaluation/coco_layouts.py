@@ -83,16 +83,9 @@ def crop_geometry(width: int, height: int, size: int) -> TransformInfo:
 
 
 def _read_json(path: str, what: str) -> dict:
-    if not os.path.isfile(path):
-        raise LayoutError(f"{what} file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError) as e:
-        raise LayoutError(f"cannot read {what} file {path}: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise LayoutError(f"{what} file {path} is not a COCO-format JSON object")
-    return data
+    from .report import read_json
+
+    return read_json(path, what)
 
 
 def _category_name(cat: dict) -> str:

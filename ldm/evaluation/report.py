@@ -14,17 +14,17 @@ METRICS = {"FID": "{:.2f}", "KID": "{:.4f}", "KID_std": "{:.4f}", "AP": "{:.3f}"
 LOWER_IS_BETTER = {"FID", "KID", "KID_std"}
 
 
-def read_json(path: str) -> dict:
+def read_json(path: str, what: str = "JSON") -> dict:
     """A JSON object from ``path``; :class:`LayoutError` with one line if missing or malformed."""
     if not os.path.isfile(path):
-        raise LayoutError(f"file not found: {path}")
+        raise LayoutError(f"{what} file not found: {path}")
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except (OSError, ValueError) as e:
-        raise LayoutError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+        raise LayoutError(f"cannot read {what} file {path}: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise LayoutError(f"{path} does not hold a JSON object")
+        raise LayoutError(f"{what} file {path} does not hold a JSON object")
     return data
 
 
