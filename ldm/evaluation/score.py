@@ -166,9 +166,10 @@ def score(gen_dir: str, opts: ScoreOptions, categories: dict[int, str] | None = 
     if "clip" in want and clip_features is None:
         from ldm.modules.encoders.clip_features import CLIPGroundingFeatures
 
-        from .weights import hf_pretrained
+        from ldm.hub import load_pretrained
 
-        clip_features = hf_pretrained(lambda r: CLIPGroundingFeatures(r, device=device), opts.clip, "CLIP score")
+        clip_features = load_pretrained(lambda r: CLIPGroundingFeatures(r, device=device), opts.clip, "CLIP score",
+                                        flag="--clip")
 
     out: dict = {}
     bar = lambda n, what: tqdm(range(0, n, opts.batch_size), desc=what, disable=not opts.progress)  # noqa: E731

@@ -2,11 +2,12 @@
 
 * torchvision detectors and the FID Inception network are ``.pth`` files in torch's hub cache
   (``$TORCH_HOME/hub/checkpoints``, default ``~/.cache/torch/hub/checkpoints``);
-* transformers models (OWLv2, Grounding DINO, CLIP) live in the Hugging Face cache.
+* transformers models (OWLv2, Grounding DINO, CLIP) live in the Hugging Face cache and load
+  through :func:`ldm.hub.load_pretrained` (the same notice and offline error).
 
 On first use the file is downloaded and the command says so on stderr. Offline
-(``HF_HUB_OFFLINE=1``) or when the download fails, :class:`ResolveError` names the file or repo
-that is needed, in one line. Downloaded ``.pth`` files are loaded with ``weights_only=True``.
+(``HF_HUB_OFFLINE=1``) or when the download fails, :class:`ResolveError` names the file that is
+needed, in one line. Downloaded ``.pth`` files are loaded with ``weights_only=True``.
 """
 from __future__ import annotations
 
@@ -15,11 +16,8 @@ import sys
 
 import torch
 
+from ldm.hub import offline
 from ldm.inference.errors import ResolveError
-
-
-def offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
 
 def torch_hub_file(url: str, what: str) -> str:
@@ -52,24 +50,3 @@ def load_state_dict(path: str, what: str) -> dict:
     if not isinstance(sd, dict):
         raise ResolveError(f"{what} weights {path} hold a {type(sd).__name__}, not a state dict")
     return sd
-
-
-def hf_pretrained(load, repo: str, what: str):
-    """``load(repo)`` (a ``from_pretrained``) with a download notice and a one-line offline error."""
-    if not os.path.isdir(repo):
-        from huggingface_hub import try_to_load_from_cache
-
-        try:
-            cached = isinstance(try_to_load_from_cache(repo, "config.json"), str)
-        except Exception:  # an invalid repo id
-            cached = False
-        if not cached:
-            if offline():
-                raise ResolveError(f"{what} needs the Hugging Face model {repo!r}; offline (HF_HUB_OFFLINE=1) "
-                                   "and not in the cache")
-            print(f"downloading {what} {repo!r} into the Hugging Face cache", file=sys.stderr, flush=True)
-    try:
-        return load(repo)
-    except (OSError, ValueError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ResolveError(f"cannot load {what} {repo!r}: {msg}") from None
