@@ -7,7 +7,8 @@
 * :func:`open_label_map` -- a semantic label map (class ids 0..150), refusing colour pictures;
 * :func:`to_m11` / :func:`from_m11` -- PIL image <-> (C, H, W) float tensor in [-1, 1];
 * :func:`center_crop` -- centre crop, with the two offset roundings the original uses;
-* :func:`one_hot` -- integer label map -> one-hot channels (ADE20K semantic maps).
+* :func:`one_hot` -- integer label map -> one-hot channels (ADE20K semantic maps);
+* :func:`canny` -- OpenCV Canny edges, the canny grounding input (data tool and demo).
 """
 from __future__ import annotations
 
@@ -187,3 +188,13 @@ def one_hot(labels: torch.Tensor, num_classes: int = SEM_CHANNELS) -> torch.Tens
         raise ValueError(f"label values must lie in [0, {num_classes}), got [{int(labels.min())}, "
                          f"{int(labels.max())}] (ADE20K class indices 0..150 expected)")
     return torch.zeros(num_classes, *labels.shape).scatter_(0, labels[None], 1.0)
+
+
+def canny(image, low: int = 100, high: int = 200, mode: str = "RGB") -> Image.Image:
+    """OpenCV ``Canny(grey, low, high)`` edges (0 / 255) of a PIL image or an image file, as a PIL
+    ``mode`` image ("RGB": three equal channels, the canny model's input; "L": one channel).
+    100 / 200 are the thresholds of the original's canny annotator."""
+    import cv2
+
+    grey = image.convert("L") if isinstance(image, Image.Image) else open_image(image, "L", "canny source")
+    return Image.fromarray(cv2.Canny(np.asarray(grey), int(low), int(high))).convert(mode)
