@@ -398,14 +398,55 @@ def test_offline_without_cached_weights_names_the_file(generated, assets, tmp_pa
     assert not os.path.exists(tmp_path / "torch" / "hub" / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth")
 
 
+def test_hub_loader_notice_and_one_line_errors(tmp_path, monkeypatch, capsys):
+    """ldm.hub.load_pretrained, shared by evaluate.py and DATA/prepare_data.py."""
+    import huggingface_hub.constants
+
+    from DATA.prepare.inputs import InputError
+    from ldm.hub import load_pretrained
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    never = lambda repo: pytest.fail("nothing may be loaded offline")  # noqa: E731
+    with pytest.raises(InputError) as e:
+        load_pretrained(never, "org/not-cached", "detection", flag="--detector", error=InputError)
+    msg = str(e.value)
+    assert "'org/not-cached'" in msg and "offline" in msg and "--detector" in msg and "\n" not in msg
+    with pytest.raises(ResolveError, match="org/not-cached") as e:
+        load_pretrained(never, "org/not-cached", "CLIP score")
+    assert "pass a local folder" not in str(e.value)  # no flag given, none named
+    with pytest.raises(ResolveError, match="model folder not found: ./no/such/folder"):
+        load_pretrained(never, "./no/such/folder", "CLIP score")
+    capsys.readouterr()
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    calls = []
+
+    def fails(repo):
+        calls.append(repo)
+        raise OSError("404 Client Error\nmore detail")
+
+    with pytest.raises(ResolveError) as e:
+        load_pretrained(fails, "org/not-cached", "detector", flag="--clip")
+    assert calls == ["org/not-cached"]
+    assert capsys.readouterr().err == "downloading detector org/not-cached (first use) ...\n"
+    assert str(e.value) == "detector model 'org/not-cached' could not be loaded (404 Client Error) " \
+                           "(or pass a local folder to --clip)"
+    with pytest.raises(ResolveError, match=r"model folder .* cannot be loaded \(404 Client Error\)"):
+        load_pretrained(fails, str(tmp_path), "detector")
+    assert capsys.readouterr().err == ""  # a local folder is not announced
+    assert load_pretrained(lambda repo: ("loaded", repo), str(tmp_path), "detector") == ("loaded", str(tmp_path))
+
+
 def test_grounding_dino_spans_map_back_to_the_layout_phrases(tmp_path):
     from transformers import (BertConfig, BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection,
                               GroundingDinoImageProcessor, GroundingDinoProcessor, SwinConfig)
 
     from ldm.evaluation.detectors import match_phrase
 
-    assert match_phrase("traffic light", ["cat", "traffic light"]) == "traffic light"
-    assert match_phrase("light", ["cat", "traffic light"]) == "traffic light"
+    assert match_phrase("traffic light", ["cat", "traffic light"]) == 1  # index of "traffic light"
+    assert match_phrase("light", ["cat", "traffic light"]) == 1
     assert match_phrase("zebra", ["cat", "dog"]) is None
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "cat", "dog", "traffic", "light"]
     (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")

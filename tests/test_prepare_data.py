@@ -287,6 +287,22 @@ def test_semantic_map_of_a_large_image_is_upsampled_as_labels(models):
     assert set(np.unique(small)) <= set(range(1, 151)) and (small == full).mean() > 0.3
 
 
+def test_canny_edges_of_a_square(tmp_path):
+    from ldm.imageops import canny
+
+    a = np.zeros((32, 40), np.uint8)
+    a[8:24, 10:30] = 200
+    rgb = canny(Image.fromarray(a).convert("RGB"))
+    assert rgb.mode == "RGB" and rgb.size == (40, 32)
+    edges = np.asarray(canny(Image.fromarray(a), mode="L"))
+    assert set(np.unique(edges)) == {0, 255} and (np.asarray(rgb) == edges[..., None]).all()
+    assert edges[16, 9:11].any() and edges[7:9, 20].any() and not edges[16, 15:25].any()  # on the border only
+    assert not np.asarray(canny(Image.fromarray(a // 10), mode="L")).any()  # a faint step (20) is below 100 / 200
+    assert np.asarray(canny(Image.fromarray(a // 10), low=10, high=20, mode="L")).any()
+    Image.fromarray(a).save(tmp_path / "sq.png")
+    assert (np.asarray(canny(str(tmp_path / "sq.png"))) == np.asarray(rgb)).all()  # a path opens safely
+
+
 def test_normal_from_depth_of_a_ramp():
     from DATA.prepare.annotators import normal_from_depth
 
@@ -300,7 +316,8 @@ def test_normal_from_depth_of_a_ramp():
 
 
 def test_grounding_dino_detector(tmp_path):
-    from DATA.prepare.annotators import Detector, _match_phrase
+    from DATA.prepare.annotators import Detector
+    from ldm.evaluation.detectors import match_phrase
 
     detector = Detector.from_pretrained(write_tiny_grounding_dino(str(tmp_path / "gd")), threshold=0.0,
                                         text_threshold=0.0)
@@ -310,7 +327,7 @@ def test_grounding_dino_detector(tmp_path):
     scores = [s for _, s, _ in dets]
     assert scores == sorted(scores, reverse=True)
     assert all(0 <= x0 < x1 <= 48 and 0 <= y0 < y1 <= 40 for _, _, (x0, y0, x1, y1) in dets)
-    assert _match_phrase("red square", ["a dog", "a red square"]) == 1 and _match_phrase("cat", ["a dog"]) is None
+    assert match_phrase("red square", ["a dog", "a red square"]) == 1 and match_phrase("cat", ["a dog"]) is None
 
 
 def test_given_boxes_and_txt_captions_then_preview_folder_reused(images, models, tmp_path, capsys):

@@ -1,14 +1,16 @@
 """Automatic annotators behind small classes, each built with ``from_pretrained(name, device)``.
 
-Models load through transformers' ``from_pretrained`` (the Hugging Face cache, ``HF_HUB_OFFLINE``
-honoured; a local folder works too). A model that cannot be loaded is a one-line
-:class:`~DATA.prepare.inputs.InputError` naming the repo and how to get it.
+Models load through transformers' ``from_pretrained`` via :func:`ldm.hub.load_pretrained` (the
+Hugging Face cache, ``HF_HUB_OFFLINE`` honoured; a local folder works too). A model that cannot
+be loaded is a one-line :class:`~DATA.prepare.inputs.InputError` naming the repo and the flag.
+Canny edges are :func:`ldm.imageops.canny`; the open-vocabulary detector is
+:class:`ldm.evaluation.detectors.OpenVocabDetector` (this module adds per-phrase NMS).
 
 | class | default model | output |
 |---|---|---|
 | :class:`Captioner` | ``Salesforce/blip-image-captioning-base`` (BLIP; any image-to-text model) | one caption per image |
 | :class:`Detector` | ``google/owlv2-base-patch16-ensemble`` (OWLv2; OWL-ViT and Grounding DINO too) | ``(phrase index, score, xyxy)`` per box |
-| :class:`CannyMap` | OpenCV ``Canny(100, 200)`` | 0/255 edge map |
+| :func:`ldm.imageops.canny` | OpenCV ``Canny(100, 200)`` | 0/255 edge map |
 | :class:`DepthMap` | ``Intel/dpt-hybrid-midas`` (MiDaS DPT; Depth Anything too) | 8-bit relative inverse depth, near = bright |
 | :func:`normal_from_depth` | derived from the depth map | RGB normal map, ``(H, W, 3)`` in [-1, 1] |
 | :class:`SemanticMap` | ``nvidia/segformer-b0-finetuned-ade-512-512`` (any 150-class ADE20K segmenter) | ADE20K label map, 0 = unlabeled, 1..150 |
@@ -16,16 +18,17 @@ honoured; a local folder works too). A model that cannot be loaded is a one-line
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 from PIL import Image
 
+from ldm import hub
+from ldm.evaluation.detectors import OpenVocabDetector
+
 from .inputs import InputError
 
 __all__ = ["DEFAULT_CAPTIONER", "DEFAULT_DETECTOR", "DEFAULT_DEPTH", "DEFAULT_SEMANTIC", "DEFAULT_POSE",
-           "load_pretrained", "Captioner", "Detector", "CannyMap", "DepthMap", "SemanticMap", "PoseEstimator",
+           "Captioner", "Detector", "DepthMap", "SemanticMap", "PoseEstimator",
            "normal_from_depth"]
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
@@ -36,19 +39,10 @@ DEFAULT_POSE = "usyd-community/vitpose-base-simple"
 ADE20K_CLASSES = 150
 
 
-def load_pretrained(loader, name: str, what: str, flag: str):
-    """``loader.from_pretrained(name)`` or an :class:`InputError` in one line."""
-    try:
-        return loader.from_pretrained(name)
-    except (OSError, ValueError) as e:
-        if os.path.isdir(name):
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise InputError(f"{what} model folder {name} cannot be loaded ({first})") from e
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") \
-            or os.environ.get("TRANSFORMERS_OFFLINE", "0").lower() in ("1", "true", "yes")
-        how = (f"offline (HF_HUB_OFFLINE) and not in the Hugging Face cache: run `hf download {name}` on a "
-               f"connected machine" if offline else "could not be downloaded")
-        raise InputError(f"{what} model {name!r} is {how} (or pass a local folder to {flag})") from e
+def _pretrained(loader, name: str, what: str, flag: str):
+    """``loader.from_pretrained(name)`` through :func:`ldm.hub.load_pretrained` (download notice;
+    failures as one-line :class:`InputError` naming the repo and ``flag``)."""
+    return hub.load_pretrained(loader.from_pretrained, name, what, flag=flag, error=InputError)
 
 
 def _to_device(batch, device):
@@ -67,8 +61,8 @@ class Captioner:
     def from_pretrained(cls, name: str = DEFAULT_CAPTIONER, device="cpu", **kw) -> "Captioner":
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        processor = load_pretrained(AutoProcessor, name, "captioning", "--captioner")
-        model = load_pretrained(AutoModelForImageTextToText, name, "captioning", "--captioner")
+        processor = _pretrained(AutoProcessor, name, "captioning", "--captioner")
+        model = _pretrained(AutoModelForImageTextToText, name, "captioning", "--captioner")
         return cls(model, processor, device, **kw)
 
     @torch.no_grad()
@@ -81,84 +75,36 @@ class Captioner:
 
 # ----------------------------------------------------------------------------- boxes
 class Detector:
-    """Open-vocabulary detector: boxes for given phrases above ``threshold`` (per-phrase NMS)."""
+    """Boxes for given phrases: :class:`ldm.evaluation.detectors.OpenVocabDetector` (OWLv2, OWL-ViT,
+    Grounding DINO) above ``threshold`` / ``text_threshold``, clamped to the image, per-phrase NMS."""
 
-    def __init__(self, model, processor, device="cpu", threshold: float = 0.2, text_threshold: float = 0.25,
-                 nms_iou: float = 0.5):
-        self.model, self.processor, self.device = model.to(device).eval(), processor, torch.device(device)
-        self.threshold, self.text_threshold, self.nms_iou = threshold, text_threshold, nms_iou
-        self.kind = model.config.model_type
+    def __init__(self, detector: OpenVocabDetector, nms_iou: float = 0.5):
+        self.detector, self.nms_iou = detector, nms_iou
 
     @classmethod
-    def from_pretrained(cls, name: str = DEFAULT_DETECTOR, device="cpu", **kw) -> "Detector":
-        from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
+    def from_pretrained(cls, name: str = DEFAULT_DETECTOR, device="cpu", threshold: float = 0.2,
+                        text_threshold: float = 0.25, nms_iou: float = 0.5) -> "Detector":
+        return cls(OpenVocabDetector.from_pretrained(name, device, threshold, text_threshold, flag="--detector",
+                                                     error=InputError), nms_iou)
 
-        processor = load_pretrained(AutoProcessor, name, "detection", "--detector")
-        model = load_pretrained(AutoModelForZeroShotObjectDetection, name, "detection", "--detector")
-        return cls(model, processor, device, **kw)
-
-    @torch.no_grad()
     def __call__(self, image: Image.Image, phrases: list[str]) -> list[tuple[int, float, list[float]]]:
         """-> ``[(phrase index, score, [x0, y0, x1, y1] pixels clamped to the image)]``, best first."""
-        if not phrases:
+        from torchvision.ops import batched_nms
+
+        boxes, scores, labels = self.detector.predict(image, phrases)
+        if not labels:
             return []
         W, H = image.size
-        sizes = torch.tensor([[H, W]], device=self.device)  # on the model's device, like the outputs
-        if "grounding" in self.kind:  # Grounding DINO: one prompt "a. b. c."
-            text = " ".join(p.strip().lower().rstrip(".") + "." for p in phrases)
-            inputs = _to_device(self.processor(images=image, text=text, return_tensors="pt"), self.device)
-            res = self.processor.post_process_grounded_object_detection(
-                self.model(**inputs), inputs["input_ids"], threshold=self.threshold,
-                text_threshold=self.text_threshold, target_sizes=sizes)[0]
-            names = res["text_labels"] if "text_labels" in res else res["labels"]
-            labels = [_match_phrase(str(n), phrases) for n in names]
-        else:  # OWLv2 / OWL-ViT: one query per phrase
-            inputs = _to_device(self.processor(text=[phrases], images=image, truncation=True, return_tensors="pt"),
-                                self.device)
-            res = self.processor.post_process_grounded_object_detection(
-                self.model(**inputs), threshold=self.threshold, target_sizes=sizes)[0]
-            labels = [int(x) for x in res["labels"]]
-        boxes, scores = res["boxes"].float().cpu(), res["scores"].float().cpu()
-        keep = [i for i, lab in enumerate(labels) if lab is not None]
-        if not keep:
-            return []
-        boxes, scores = boxes[keep], scores[keep]
-        labels_t = torch.tensor([labels[i] for i in keep])
+        labels_t = torch.tensor(labels)
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, W)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, H)
         ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         boxes, scores, labels_t = boxes[ok], scores[ok], labels_t[ok]
-        from torchvision.ops import batched_nms
-
         order = batched_nms(boxes, scores, labels_t, self.nms_iou)  # sorted by decreasing score
         return [(int(labels_t[i]), float(scores[i]), [float(v) for v in boxes[i]]) for i in order]
 
 
-def _match_phrase(label: str, phrases: list[str]):
-    """Grounding DINO label text -> index of the phrase sharing most words (None if none)."""
-    words = set(label.lower().replace(".", " ").split())
-    best, best_n = None, 0
-    for i, p in enumerate(phrases):
-        n = len(words & set(p.lower().split()))
-        if n > best_n:
-            best, best_n = i, n
-    return best
-
-
 # ----------------------------------------------------------------------------- maps
-class CannyMap:
-    """OpenCV Canny edges of the grey image (0/255), as the original's canny data."""
-
-    def __init__(self, low: int = 100, high: int = 200):
-        self.low, self.high = low, high
-
-    def __call__(self, image: Image.Image) -> Image.Image:
-        import cv2
-
-        grey = np.asarray(image.convert("L"))
-        return Image.fromarray(cv2.Canny(grey, self.low, self.high))
-
-
 class _DenseModel:
     """A per-pixel model run on a batch of images, output resized to each image's size."""
 
@@ -172,8 +118,8 @@ class _DenseModel:
     def from_pretrained(cls, name: str, device="cpu"):
         import transformers
 
-        processor = load_pretrained(transformers.AutoImageProcessor, name, cls.what, cls.flag)
-        model = load_pretrained(getattr(transformers, cls.auto_class), name, cls.what, cls.flag)
+        processor = _pretrained(transformers.AutoImageProcessor, name, cls.what, cls.flag)
+        model = _pretrained(getattr(transformers, cls.auto_class), name, cls.what, cls.flag)
         return cls(model, processor, device)
 
     #: outputs are upsampled to the image size, but at most this long side (then resized by the caller)
@@ -260,8 +206,8 @@ class PoseEstimator:
     def from_pretrained(cls, name: str = DEFAULT_POSE, device="cpu") -> "PoseEstimator":
         from transformers import AutoImageProcessor, VitPoseForPoseEstimation
 
-        processor = load_pretrained(AutoImageProcessor, name, "pose", "--pose_model")
-        model = load_pretrained(VitPoseForPoseEstimation, name, "pose", "--pose_model")
+        processor = _pretrained(AutoImageProcessor, name, "pose", "--pose_model")
+        model = _pretrained(VitPoseForPoseEstimation, name, "pose", "--pose_model")
         return cls(model, processor, device)
 
     @torch.no_grad()

@@ -29,6 +29,7 @@ Output layout::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import shutil
 from contextlib import ExitStack
@@ -40,10 +41,11 @@ from PIL import Image
 from DATA.make_tsv import make_tsv
 from dataset.codec import encode_image_b64, encode_row
 from dataset.tsv import TSVWriter
+from ldm.imageops import canny
 from ldm.modules.encoders.clip_features import DEFAULT_CLIP_VERSION as DEFAULT_CLIP
 
 from .annotators import (DEFAULT_CAPTIONER, DEFAULT_DEPTH, DEFAULT_DETECTOR, DEFAULT_POSE, DEFAULT_SEMANTIC,
-                         CannyMap, Captioner, DepthMap, Detector, PoseEstimator, SemanticMap, normal_from_depth)
+                         Captioner, DepthMap, Detector, PoseEstimator, SemanticMap, normal_from_depth)
 from .inputs import InputError, list_images, read_annotations, read_captions
 from .outputs import TSV_FIELDS, dataset_entries, model_ref, summarize, train_config, write_map_files, yaml_text
 from .phrases import caption_phrases
@@ -114,7 +116,7 @@ def _abs(path):
 class Models:
     captioner: Captioner | None = None
     detector: Detector | None = None
-    canny: CannyMap | None = None
+    canny: object = None  # image -> edge map ("L"): ldm.imageops.canny with the run's thresholds
     depth: DepthMap | None = None
     sem: SemanticMap | None = None
     pose: PoseEstimator | None = None
@@ -138,7 +140,7 @@ def load_models(opts: Options, need_captioner: bool, need_detector: bool, need_c
         m.detector = Detector.from_pretrained(opts.detector, device, threshold=opts.box_threshold,
                                               text_threshold=opts.text_threshold, nms_iou=opts.nms_iou)
     if "canny" in opts.maps:
-        m.canny = CannyMap(opts.canny_low, opts.canny_high)
+        m.canny = functools.partial(canny, low=opts.canny_low, high=opts.canny_high, mode="L")
     if "depth" in opts.maps or "normal" in opts.maps:
         m.depth = DepthMap.from_pretrained(opts.depth_model, device)
     if "sem" in opts.maps:
@@ -148,14 +150,10 @@ def load_models(opts: Options, need_captioner: bool, need_detector: bool, need_c
     if need_clip:
         from ldm.modules.encoders.clip_features import CLIPGroundingFeatures
 
-        from .annotators import load_pretrained
+        from ldm.hub import load_pretrained
 
-        class _Clip:  # load_pretrained's one-line errors for CLIPGroundingFeatures
-            @staticmethod
-            def from_pretrained(name):
-                return CLIPGroundingFeatures(name, device=device, dtype=torch.float32)
-
-        m.clip = load_pretrained(_Clip, opts.clip, "CLIP", "--clip")
+        m.clip = load_pretrained(lambda name: CLIPGroundingFeatures(name, device=device, dtype=torch.float32),
+                                 opts.clip, "CLIP", flag="--clip", error=InputError)
     return m
 
 

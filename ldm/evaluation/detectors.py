@@ -8,7 +8,7 @@ A detector maps images plus, per image, the phrases of its layout to :class:`Det
   ResNet-50 FPN v2 by default, BSD licence); ``queries`` are ignored, labels are COCO names.
 * :class:`OpenVocabDetector` -- an open-vocabulary detector from transformers (OWLv2 or
   Grounding DINO) queried with the layout's phrases; labels are those phrases. For LVIS-style
-  and phrase-level AP.
+  and phrase-level AP. It is also the detector behind ``DATA/prepare_data.py``'s boxes.
 
 :func:`load_detector` builds one from a spec: ``torchvision[:<model name>]``,
 ``owlv2[:<repo or folder>]`` or ``grounding-dino[:<repo or folder>]``.
@@ -19,9 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ldm.inference.errors import LayoutError
+from ldm.hub import load_pretrained
+from ldm.inference.errors import LayoutError, ResolveError
 
-from .weights import hf_pretrained, load_state_dict, torch_hub_file
+from .weights import load_state_dict, torch_hub_file
 
 DEFAULTS = {"torchvision": "fasterrcnn_resnet50_fpn_v2", "owlv2": "google/owlv2-base-patch16-ensemble",
             "grounding-dino": "IDEA-Research/grounding-dino-tiny"}
@@ -98,62 +99,88 @@ class TorchvisionDetector:
 
 class OpenVocabDetector:
     """Open-vocabulary detector from transformers (``AutoModelForZeroShotObjectDetection``: OWLv2,
-    Grounding DINO), queried with each image's phrases; every box is labelled with one phrase."""
+    OWL-ViT, Grounding DINO), queried with phrases; every box belongs to one phrase.
+
+    The one wrapper of these models: the evaluation's phrase-level detection (:meth:`detect`) and
+    ``DATA/prepare_data.py``'s boxes (its ``Detector`` adds clamping and per-phrase NMS on top of
+    :meth:`predict`). The two model families differ only here: OWL takes one text query per
+    phrase and labels a box with the query's index; Grounding DINO takes one prompt ``"a. b. c."``,
+    keeps a box whose text token scores pass ``text_threshold`` and labels it with the matched
+    span, mapped back to a phrase by :func:`match_phrase`.
+    """
 
     closed_set = False
 
-    def __init__(self, model, processor, device="cpu", score_threshold: float = 0.05):
+    def __init__(self, model, processor, device="cpu", score_threshold: float = 0.05,
+                 text_threshold: float | None = None):
         self.model = model.eval().to(device)
         self.processor = processor
         self.device = torch.device(device)
         self.threshold = score_threshold
-        self.is_grounding_dino = "groundingdino" in type(model).__name__.lower()
+        self.text_threshold = score_threshold if text_threshold is None else text_threshold
+        self.is_grounding_dino = "grounding" in str(getattr(model.config, "model_type", "")).lower()
 
     @classmethod
-    def from_pretrained(cls, repo: str, device="cpu", score_threshold: float = 0.05):
+    def from_pretrained(cls, repo: str, device="cpu", score_threshold: float = 0.05,
+                        text_threshold: float | None = None, *, flag: str | None = None,
+                        error: type[Exception] = ResolveError):
+        """Model and processor from a Hub repo or local folder (:func:`ldm.hub.load_pretrained`)."""
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
-        model = hf_pretrained(AutoModelForZeroShotObjectDetection.from_pretrained, repo, "detector")
-        processor = hf_pretrained(AutoProcessor.from_pretrained, repo, "detector processor")
-        return cls(model, processor, device, score_threshold)
+        processor = load_pretrained(AutoProcessor.from_pretrained, repo, "detector", flag=flag, error=error)
+        model = load_pretrained(AutoModelForZeroShotObjectDetection.from_pretrained, repo, "detector", flag=flag,
+                                error=error)
+        return cls(model, processor, device, score_threshold, text_threshold)
+
+    def _inputs(self, image, text):
+        batch = self.processor(images=image, text=text, return_tensors="pt", **(
+            {} if self.is_grounding_dino else {"truncation": True}))
+        return {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
     @torch.no_grad()
+    def predict(self, image, phrases: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """One image -> ``boxes (N, 4)`` xyxy pixels, ``scores (N,)`` (float32, CPU) and, per box,
+        the index of its phrase in ``phrases``. Boxes above the score threshold, unsorted."""
+        if not phrases:
+            return torch.zeros(0, 4), torch.zeros(0), []
+        sizes = torch.tensor([[image.height, image.width]], device=self.device)  # like the outputs
+        if self.is_grounding_dino:
+            inputs = self._inputs(image, " ".join(p.strip().lower().rstrip(".") + "." for p in phrases))
+            r = self.processor.post_process_grounded_object_detection(
+                self.model(**inputs), inputs["input_ids"], threshold=self.threshold,
+                text_threshold=self.text_threshold, target_sizes=sizes)[0]
+            spans = r["text_labels"] if "text_labels" in r else r["labels"]  # transformers < 4.51: labels
+            labels = [match_phrase(str(t), phrases) for t in spans]
+        else:
+            inputs = self._inputs(image, [list(phrases)])
+            r = self.processor.post_process_grounded_object_detection(
+                self.model(**inputs), threshold=self.threshold, target_sizes=sizes)[0]
+            labels = [int(i) for i in r["labels"]]
+        keep = [i for i, lab in enumerate(labels) if lab is not None]
+        return (r["boxes"][keep].float().cpu().reshape(-1, 4), r["scores"][keep].float().cpu().reshape(-1),
+                [labels[i] for i in keep])
+
     def detect(self, images, queries) -> list[Detections]:
+        """Per image, boxes labelled with its (unique) phrases."""
         out = []
         for image, phrases in zip(images, queries):
             phrases = list(dict.fromkeys(phrases))  # unique, in order
-            if not phrases:
-                out.append(Detections(torch.zeros(0, 4), torch.zeros(0), []))
-                continue
-            size = [(image.height, image.width)]
-            if self.is_grounding_dino:
-                text = ". ".join(p.lower() for p in phrases) + "."
-                inputs = self.processor(images=image, text=text, return_tensors="pt").to(self.device)
-                outputs = self.model(**inputs)
-                r = self.processor.post_process_grounded_object_detection(
-                    outputs, inputs["input_ids"], threshold=self.threshold, text_threshold=self.threshold,
-                    target_sizes=size)[0]
-                labels = [match_phrase(t, phrases) for t in r["text_labels"]]
-            else:
-                inputs = self.processor(images=image, text=[phrases], return_tensors="pt").to(self.device)
-                outputs = self.model(**inputs)
-                r = self.processor.post_process_grounded_object_detection(
-                    outputs, threshold=self.threshold, target_sizes=size, text_labels=[phrases])[0]
-                labels = r["text_labels"]
-            keep = [i for i, lab in enumerate(labels) if lab is not None]
-            out.append(Detections(r["boxes"][keep], r["scores"][keep], [labels[i] for i in keep]))
+            boxes, scores, labels = self.predict(image, phrases)
+            out.append(Detections(boxes, scores, [phrases[i] for i in labels]))
         return out
 
 
-def match_phrase(text: str, phrases: list[str]) -> str | None:
-    """The query phrase a Grounding DINO span belongs to: exact match, else most shared words."""
-    t = normalise_name(text)
-    for p in phrases:
-        if normalise_name(p) == t:
-            return p
+def match_phrase(text: str, phrases: list[str]) -> int | None:
+    """Index of the query phrase a Grounding DINO span belongs to: an exact match, else the phrase
+    sharing most words (the first on ties); None when no word is shared."""
+    t = normalise_name(text.replace(".", " "))
+    names = [normalise_name(p.replace(".", " ")) for p in phrases]
+    if t in names:
+        return names.index(t)
     words = set(t.split())
-    best = max(phrases, key=lambda p: len(words & set(normalise_name(p).split())))
-    return best if words & set(normalise_name(best).split()) else None
+    shared = [len(words & set(n.split())) for n in names]
+    best = max(range(len(phrases)), key=lambda i: (shared[i], -i), default=None)
+    return best if best is not None and shared[best] else None
 
 
 def load_detector(spec: str, device="cpu", score_threshold: float = 0.05):
@@ -166,4 +193,4 @@ def load_detector(spec: str, device="cpu", score_threshold: float = 0.05):
     name = name or DEFAULTS[kind]
     if kind == "torchvision":
         return TorchvisionDetector.from_name(name, device, score_threshold)
-    return OpenVocabDetector.from_pretrained(name, device, score_threshold)
+    return OpenVocabDetector.from_pretrained(name, device, score_threshold, flag=f"--detector {kind}:<folder>")
