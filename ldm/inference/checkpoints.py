@@ -58,8 +58,9 @@ def hub_download(repo_id: str, filename: str = HUB_FILENAME, revision: str | Non
     try:
         return hf_hub_download(repo_id, filename, revision=revision)
     except Exception as e:  # LocalEntryNotFoundError, RepositoryNotFoundError, HTTP errors...
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-        hint = " (HF_HUB_OFFLINE is set and it is not in the cache)" if offline else ""
+        from ldm.hub import offline
+
+        hint = " (HF_HUB_OFFLINE is set and it is not in the cache)" if offline() else ""
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ResolveError(f"cannot fetch {filename} from the Hub repo {repo_id}{hint}: {msg}; "
                            "pass --ckpt with a local file") from None
