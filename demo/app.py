@@ -8,12 +8,14 @@
 The page adapts to the chosen checkpoint's mode (read from the checkpoint, as ``gligen_inference.py``):
 boxes + phrases, boxes + reference images (+ a whole-image style image), keypoints (17 draggable
 points per person), spatial maps (HED / canny / depth / normal / semantic; canny can be computed
-from a photo) and inpainting inside boxes drawn on an uploaded image. Every request becomes a
+from a photo) and inpainting inside boxes drawn on an uploaded image. Height and width (multiples of 64,
+256..1024) apply to every mode but the spatial maps, which generate 512x512 only. Every request becomes a
 layout entry (:mod:`demo.state`), is validated by :meth:`Generation.from_dict` (the CLI's
 messages) and runs through :class:`ldm.inference.pipeline.Runner`; the ``<n>.json`` it writes is
 offered for download and is what ``gligen_inference.py --layout`` takes.
 
-Scripts call the ``generate`` endpoint with a layout JSON string (one generation)::
+Scripts call the ``generate`` endpoint with a layout JSON string (one generation; its ``settings`` may
+set ``height`` / ``width``)::
 
     from gradio_client import Client
     images, record = Client("http://127.0.0.1:7860/").predict(layout_json, api_name="/generate")
@@ -50,7 +52,7 @@ DEMO_WARNING = ("**Demo mode: the checkpoints have RANDOM weights** (tiny models
                 "so the images are noise. Run `python demo/app.py` for the released checkpoints.")
 REQUEST_SETTINGS = ("sampler", "steps", "guidance_scale", "negative_prompt", "batch_size", "height", "width")
 RELEASED_SIZE = (512, 64)  # the released checkpoints' output side, and the multiple sizes need (VAE 8x, UNet 8x)
-SIZE_INFO = "pixels; boxes and keypoints stay relative to the image"
+SIZE_INFO = "output pixels"
 MAP_LABELS = {"hed": "HED edge map", "canny": "Canny edge map", "depth": "Depth map", "normal": "Surface normal map",
               "sem": "Semantic map (a label PNG: ADE20K class ids 0..150 per pixel)"}
 MODEL_QUEUE = "model"  # every event that loads a model or samples shares this queue (one at a time)

@@ -5,7 +5,9 @@ background image), a table of ``[box, phrase, reference image]`` rows, keypoints
 boxes labelled ``p<person> <keypoint>`` on a second annotator, and file paths of uploaded images.
 :func:`entry_from_ui` turns that into a layout entry of ``gligen_inference.py --layout`` (normalised
 ``xyxy``), which :meth:`ldm.inference.layout.Generation.from_dict` validates with the CLI's messages;
-:func:`annotation_boxes` and :func:`keypoint_boxes` go the other way when a layout is loaded.
+:func:`annotation_boxes` and :func:`keypoint_boxes` go the other way when a layout is loaded. The output
+size (height x width controls, :func:`size_choices`) becomes the layout's ``settings.height/width``
+(:func:`options_from_ui`); the blank canvas has its aspect (:func:`canvas_size`), so boxes stay normalised.
 """
 from __future__ import annotations
 

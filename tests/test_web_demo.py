@@ -407,6 +407,9 @@ def test_browser_upload_image_and_inpaint_a_box(server, browser_page, tmp_path):
     page.locator("#phrases [data-testid='cell-0-0']").wait_for()
     _type_phrase(page, 0, "a corgi")
     page.locator("#prompt textarea").fill("a corgi in a blue room")
+    _select(page, "height", "24")  # the output size follows the controls; the photo is resized to it
+    _select(page, "width", "32")
+    page.wait_for_timeout(1000)
     page.screenshot(path=str(tmp_path / "1_inpaint_box.png"), full_page=True)
     _generate_and_wait(page)
     page.wait_for_function("document.querySelectorAll('#gallery img').length >= 4")
@@ -418,6 +421,9 @@ def test_browser_upload_image_and_inpaint_a_box(server, browser_page, tmp_path):
     assert gen["phrases"] == ["a corgi"] and os.path.isfile(gen["input_image"])
     with Image.open(gen["input_image"]) as im:  # the uploaded image, copied next to the outputs
         assert im.size == (320, 240)
+    with Image.open(_latest_png(server.outdir)) as im:
+        assert im.size == (32, 24)
+    assert (record["settings"]["height"], record["settings"]["width"]) == (24, 32)
 
 
 def test_every_demo_mode_runs_from_page_state(server, tmp_path):
