@@ -281,11 +281,12 @@ def build_app(args):
                 "boxes": colored(state.keypoint_boxes(persons, state.canvas_size(height or native, width or native)))}
 
     def size_controls(mode: Mode):
-        """Height and width: free for box / keypoint / inpainting modes, fixed (with the reason) for spatial maps."""
+        """Height and width: free for box / keypoint / inpainting modes, fixed (with the reason) for spatial maps.
+        One update dict per control: Gradio consumes an update's keys, so a shared one reaches only the first."""
         if mode.is_spatial:
             info = f"spatial-map checkpoints generate {native}x{native} only (fixed-size condition latent)"
-            return [gr.update(value=native, interactive=False, info=info)] * 2
-        return [gr.update(interactive=True, info=SIZE_INFO)] * 2
+            return [gr.update(value=native, interactive=False, info=info) for _ in "hw"]
+        return [gr.update(interactive=True, info=SIZE_INFO) for _ in "hw"]
 
     def rebase(annotation, image):
         """Same boxes (normalised) on a new background image."""

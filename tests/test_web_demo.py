@@ -395,11 +395,21 @@ def test_browser_upload_image_and_inpaint_a_box(server, browser_page, tmp_path):
     photo = tmp_path / "room.png"
     Image.new("RGB", (320, 240), (90, 140, 200)).save(photo)
 
+    # a spatial-map checkpoint fixes the size at its own, saying why; other modes free it again
+    _select(page, "width", "32")
+    page.locator("#ckpt input").click()
+    page.get_by_role("option", name="demo (random weights): generation hed").click()
+    page.locator("#condition").wait_for(state="visible")
+    page.wait_for_function("document.querySelector('#width input').value === '16'")
+    assert page.locator("#height input").is_disabled() and page.locator("#width input").is_disabled()
+    assert "spatial-map checkpoints generate 16x16 only" in page.locator("#height").inner_text()
+
     # pick the inpainting checkpoint: the page switches to its controls
     page.locator("#ckpt input").click()
     page.get_by_role("option", name="inpainting box+text").click()
     page.locator("#inpaint-image").wait_for(state="visible")
     assert "inpainting box+text" in page.locator("#mode").inner_text()
+    page.wait_for_function("!document.querySelector('#width input').disabled")
     page.locator("#inpaint-image input[type=file]").set_input_files(str(photo))
     page.wait_for_timeout(1500)  # the canvas takes the uploaded image as its background
 
