@@ -8,12 +8,14 @@
 The page adapts to the chosen checkpoint's mode (read from the checkpoint, as ``gligen_inference.py``):
 boxes + phrases, boxes + reference images (+ a whole-image style image), keypoints (17 draggable
 points per person), spatial maps (HED / canny / depth / normal / semantic; canny can be computed
-from a photo) and inpainting inside boxes drawn on an uploaded image. Every request becomes a
+from a photo) and inpainting inside boxes drawn on an uploaded image. Height and width (multiples of 64,
+256..1024) apply to every mode but the spatial maps, which generate 512x512 only. Every request becomes a
 layout entry (:mod:`demo.state`), is validated by :meth:`Generation.from_dict` (the CLI's
 messages) and runs through :class:`ldm.inference.pipeline.Runner`; the ``<n>.json`` it writes is
 offered for download and is what ``gligen_inference.py --layout`` takes.
 
-Scripts call the ``generate`` endpoint with a layout JSON string (one generation)::
+Scripts call the ``generate`` endpoint with a layout JSON string (one generation; its ``settings`` may
+set ``height`` / ``width``)::
 
     from gradio_client import Client
     images, record = Client("http://127.0.0.1:7860/").predict(layout_json, api_name="/generate")
@@ -48,7 +50,9 @@ from demo import state  # noqa: E402
 
 DEMO_WARNING = ("**Demo mode: the checkpoints have RANDOM weights** (tiny models built locally by `make demo`), "
                 "so the images are noise. Run `python demo/app.py` for the released checkpoints.")
-REQUEST_SETTINGS = ("sampler", "steps", "guidance_scale", "negative_prompt", "batch_size")
+REQUEST_SETTINGS = ("sampler", "steps", "guidance_scale", "negative_prompt", "batch_size", "height", "width")
+RELEASED_SIZE = (512, 64)  # the released checkpoints' output side, and the multiple sizes need (VAE 8x, UNet 8x)
+SIZE_INFO = "output pixels"
 MAP_LABELS = {"hed": "HED edge map", "canny": "Canny edge map", "depth": "Depth map", "normal": "Surface normal map",
               "sem": "Semantic map (a label PNG: ADE20K class ids 0..150 per pixel)"}
 MODEL_QUEUE = "model"  # every event that loads a model or samples shares this queue (one at a time)
@@ -227,6 +231,16 @@ def checkpoint_choices(args) -> tuple[list, dict, dict, str]:
     return choices, modes, defaults, choices[0][1]
 
 
+def native_size(service: Service, args, defaults: dict) -> tuple[int, int]:
+    """(output side in pixels, the multiple sizes need) of the offered checkpoints: SD-1.x's (512, 64), or
+    with ``--demo`` the tiny checkpoints' own (read from one of them)."""
+    if not args.demo:
+        return RELEASED_SIZE
+    models, _ = service.runner.load(next(iter(defaults.values())))
+    step = models.autoencoder.downsample_factor * 2 ** (len(models.model.channel_mult) - 1)
+    return models.image_resolution, step
+
+
 # ====================================================================== the page
 def build_app(args):
     """-> (gr.Blocks, Service, launch keyword arguments)."""
@@ -246,12 +260,33 @@ def build_app(args):
     roots = [ROOT, os.getcwd(), outdir, _gradio_temp_dir(), *(args.allowed_path or [])]
     service = Service(base, modes, defaults, roots)
 
-    blank = os.path.join(outdir, "canvas.png")
-    if not os.path.isfile(blank):
-        Image.new("RGB", (state.CANVAS, state.CANVAS), (250, 250, 250)).save(blank)
+    native, size_step = native_size(service, args, defaults)
+    sizes = state.size_choices(native, size_step)
 
-    def bg(mode: Mode, inpaint_image):
-        return inpaint_image if mode.inpaint and inpaint_image else blank
+    def blank(height, width) -> str:
+        """The blank drawing canvas (a PNG under outdir) with the aspect of a ``height`` x ``width`` output."""
+        w, h = state.canvas_size(height or native, width or native)
+        path = os.path.join(outdir, f"canvas-{w}x{h}.png")
+        if not os.path.isfile(path):
+            tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp.png"
+            Image.new("RGB", (w, h), (250, 250, 250)).save(tmp)
+            os.replace(tmp, path)
+        return path
+
+    def bg(mode: Mode, inpaint_image, height, width):
+        return inpaint_image if mode.inpaint and inpaint_image else blank(height, width)
+
+    def keypoint_canvas(persons, height, width):
+        return {"image": blank(height, width),
+                "boxes": colored(state.keypoint_boxes(persons, state.canvas_size(height or native, width or native)))}
+
+    def size_controls(mode: Mode):
+        """Height and width: free for box / keypoint / inpainting modes, fixed (with the reason) for spatial maps.
+        One update dict per control: Gradio consumes an update's keys, so a shared one reaches only the first."""
+        if mode.is_spatial:
+            info = f"spatial-map checkpoints generate {native}x{native} only (fixed-size condition latent)"
+            return [gr.update(value=native, interactive=False, info=info) for _ in "hw"]
+        return [gr.update(interactive=True, info=SIZE_INFO) for _ in "hw"]
 
     def rebase(annotation, image):
         """Same boxes (normalised) on a new background image."""
@@ -302,11 +337,18 @@ def build_app(args):
                                        info="released checkpoints download on first use; or type a local file path")
                     mode_md = gr.Markdown(f"**Mode:** {initial_mode.name}", elem_id="mode")
                 prompt = gr.Textbox(label="Prompt", placeholder="a teddy bear sitting next to a bird", elem_id="prompt")
+                with gr.Row():
+                    spatial = initial_mode.is_spatial
+                    height = gr.Dropdown(sizes, value=native, label="Height", elem_id="height", interactive=not spatial,
+                                         info=SIZE_INFO)
+                    width = gr.Dropdown(sizes, value=native, label="Width", elem_id="width", interactive=not spatial,
+                                        info=SIZE_INFO)
                 with gr.Group(visible=initial_mode.inpaint) as inpaint_group:
                     inpaint_image = gr.Image(type="filepath", sources=["upload"], height=180, elem_id="inpaint-image",
                                              label="Image to inpaint (then draw boxes on it: they are regenerated)")
                 with gr.Group(visible=initial_mode.is_box) as box_group:
-                    canvas = image_annotator(value={"image": bg(initial_mode, None), "boxes": []}, image_type="numpy",
+                    canvas = image_annotator(value={"image": bg(initial_mode, None, native, native), "boxes": []},
+                                             image_type="numpy",
                                              label="Boxes: 'Create box' (C) and drag; 'Drag boxes' (D) moves and resizes",
                                              disable_edit_boxes=True, sources=[], show_clear_button=False,
                                              show_remove_button=True, show_download_button=False, height=360,
@@ -320,7 +362,7 @@ def build_app(args):
                         style = gr.Image(type="filepath", sources=["upload"], height=160, elem_id="style",
                                          label="Style image (grounds the whole image)")
                 with gr.Group(visible=initial_mode.family == "keypoint") as kp_group:
-                    kp_canvas = image_annotator(value={"image": blank, "boxes": []}, image_type="numpy",
+                    kp_canvas = image_annotator(value={"image": blank(native, native), "boxes": []}, image_type="numpy",
                                                 label="Keypoints: 'Add person', then 'Drag boxes' (D) to move points; "
                                                       "remove a point to mark it absent",
                                                 disable_edit_boxes=True, sources=[], show_clear_button=False,
@@ -360,18 +402,32 @@ def build_app(args):
 
         # ---------------------------------------------------------- checkpoint -> mode -> controls
         @guarded
-        def on_checkpoint(choice, annotation, image):
+        def on_checkpoint(choice, annotation, image, height_, width_):
             mode = service.mode_of(choice)
-            return [f"**Mode:** {mode.name}", *visibility(mode), rebase(annotation, bg(mode, image))]
+            if mode.is_spatial:
+                height_ = width_ = native
+            return [f"**Mode:** {mode.name}", *visibility(mode), rebase(annotation, bg(mode, image, height_, width_)),
+                    *size_controls(mode)]
 
-        ckpt.change(on_checkpoint, [ckpt, canvas, inpaint_image], [mode_md, *groups, canvas],
-                    concurrency_id=MODEL_QUEUE, api_visibility="private")
+        ckpt.change(on_checkpoint, [ckpt, canvas, inpaint_image, height, width],
+                    [mode_md, *groups, canvas, height, width], concurrency_id=MODEL_QUEUE, api_visibility="private")
 
-        def on_inpaint_image(image, annotation):
-            return rebase(annotation, image or blank)
+        def on_inpaint_image(image, annotation, height_, width_):
+            return rebase(annotation, image or blank(height_, width_))
 
-        inpaint_image.upload(on_inpaint_image, [inpaint_image, canvas], canvas, api_visibility="private")
-        inpaint_image.clear(on_inpaint_image, [inpaint_image, canvas], canvas, api_visibility="private")
+        for event in (inpaint_image.upload, inpaint_image.clear):
+            event(on_inpaint_image, [inpaint_image, canvas, height, width], canvas, api_visibility="private")
+
+        @guarded
+        def on_size(choice, height_, width_, annotation, kp_annotation, image):
+            """A new output size: the canvases take its aspect; boxes and points keep their relative places."""
+            mode = service.mode_of(choice)
+            persons = state.persons_from_annotation(kp_annotation)
+            return rebase(annotation, bg(mode, image, height_, width_)), keypoint_canvas(persons, height_, width_)
+
+        for control in (height, width):
+            control.change(on_size, [ckpt, height, width, canvas, kp_canvas, inpaint_image], [canvas, kp_canvas],
+                           api_visibility="private")
 
         # ---------------------------------------------------------- boxes <-> table, references, keypoints, canny
         def on_boxes(annotation, rows):
@@ -388,13 +444,14 @@ def build_app(args):
 
         refs.upload(on_refs, [refs, table], table, api_visibility="private")
 
-        def on_add_person(annotation):
+        def on_add_person(annotation, height_, width_):
             persons = state.persons_from_annotation(annotation)
             persons.append(state.pose_person(len(persons)))
-            return {"image": blank, "boxes": colored(state.keypoint_boxes(persons))}
+            return keypoint_canvas(persons, height_, width_)
 
-        add_person.click(guarded(on_add_person), kp_canvas, kp_canvas, api_visibility="private")
-        clear_persons.click(lambda: {"image": blank, "boxes": []}, None, kp_canvas, api_visibility="private")
+        add_person.click(guarded(on_add_person), [kp_canvas, height, width], kp_canvas, api_visibility="private")
+        clear_persons.click(lambda h, w: keypoint_canvas([], h, w), [height, width], kp_canvas,
+                            api_visibility="private")
 
         @guarded
         def on_canny(path):
@@ -409,7 +466,8 @@ def build_app(args):
         # ---------------------------------------------------------- generate
         @guarded
         def on_generate(choice, prompt_, annotation, rows, ref_files, style_, kp_annotation, condition_, image,
-                        negative_, beta_, guidance_, steps_, sampler_, seed_, n_, progress=gr.Progress(track_tqdm=True)):
+                        negative_, beta_, guidance_, steps_, sampler_, seed_, n_, height_, width_,
+                        progress=gr.Progress(track_tqdm=True)):
             mode = service.mode_of(choice)
             entry = state.entry_from_ui(
                 mode.family, prompt=prompt_, boxes=state.normalised_boxes(annotation), rows=rows or [],
@@ -417,21 +475,21 @@ def build_app(args):
                 persons=state.persons_from_annotation(kp_annotation) if mode.family == "keypoint" else [],
                 condition=condition_, input_image=image if mode.inpaint else None, beta=beta_,
                 seed=None if seed_ is None else int(seed_))
-            options = dict(sampler=sampler_, steps=int(steps_), guidance_scale=float(guidance_), batch_size=int(n_),
-                           negative_prompt=negative_ or "")
+            options = state.options_from_ui(sampler=sampler_, steps=steps_, guidance_scale=guidance_, batch_size=n_,
+                                            negative_prompt=negative_, height=height_, width=width_)
             result, paths = service.run(entry, options, choice, notify=lambda d: progress(0, desc=d))
             record = next(p for p in paths if p.endswith(".json"))
             return result_gallery(paths), str(result.seed), gr.update(value=record, interactive=True)
 
         generate.click(on_generate, [ckpt, prompt, canvas, table, refs, style, kp_canvas, condition, inpaint_image,
-                                     negative, beta, guidance, steps, sampler, seed, n_images],
+                                     negative, beta, guidance, steps, sampler, seed, n_images, height, width],
                        [gallery, seed_used, download], concurrency_id=MODEL_QUEUE, api_visibility="private")
 
         # ---------------------------------------------------------- layout upload -> page state
         @guarded
         def on_layout(path):
             if not path:
-                return [gr.update()] * 19
+                return [gr.update()] * 21
             settings, gens = load_layout(path)
             gen = gens[0]
             copy = _Copier(os.path.join(outdir, "restored-" + uuid.uuid4().hex[:8]))  # files the page may serve
@@ -448,12 +506,13 @@ def build_app(args):
             if boxes and boxes[-1] == state.STYLE_BOX and images and images[-1] and not (phrases and phrases[-1]):
                 style_img = images[-1]
                 boxes, phrases, images = boxes[:-1], phrases[:-1], images[:-1]
-            image = bg(mode, gen.input_image)
+            height_, width_ = settings.get("height") or native, settings.get("width") or native
+            image = bg(mode, gen.input_image, height_, width_)
             rows = [[str(i + 1), (phrases[i] if i < len(phrases) and phrases[i] else ""),
                      (os.path.basename(images[i]) if i < len(images) and images[i] else "")] for i in range(len(boxes))]
             annotation = {"image": image, "boxes": state.annotation_boxes(boxes, state.image_size(image),
                                                                           [r[1] for r in rows])}
-            kp = {"image": blank, "boxes": colored(state.keypoint_boxes(gen.keypoints))}
+            kp = keypoint_canvas(gen.keypoints, height_, width_)
             negative_ = gen.negative_prompt if gen.negative_prompt is not None else settings.get("negative_prompt")
             sampler_ = settings.get("sampler", "plms")
             return [gr.update(choices=choices + ([] if any(c[1] == choice for c in choices) else [(choice, choice)]),
@@ -464,11 +523,12 @@ def build_app(args):
                     gen.alpha_type[0] if gen.alpha_type else 1.0, settings.get("guidance_scale", 7.5),
                     settings.get("steps") or (50 if sampler_ == "plms" else 250), sampler_,
                     gen.seed if gen.seed is not None else -1, min(int(settings.get("batch_size", 2)), 8),
+                    *[gr.update(choices=sorted({*sizes, v}), value=v) for v in (height_, width_)],
                     *[gr.update()] * 3]
 
         layout_file.upload(on_layout, layout_file,
                            [ckpt, prompt, inpaint_image, canvas, table, refs, style, kp_canvas, condition, negative,
-                            beta, guidance, steps, sampler, seed, n_images, gallery, seed_used, download],
+                            beta, guidance, steps, sampler, seed, n_images, height, width, gallery, seed_used, download],
                            api_visibility="private")
 
         # ---------------------------------------------------------- the scripting endpoint

@@ -5,10 +5,13 @@ background image), a table of ``[box, phrase, reference image]`` rows, keypoints
 boxes labelled ``p<person> <keypoint>`` on a second annotator, and file paths of uploaded images.
 :func:`entry_from_ui` turns that into a layout entry of ``gligen_inference.py --layout`` (normalised
 ``xyxy``), which :meth:`ldm.inference.layout.Generation.from_dict` validates with the CLI's messages;
-:func:`annotation_boxes` and :func:`keypoint_boxes` go the other way when a layout is loaded.
+:func:`annotation_boxes` and :func:`keypoint_boxes` go the other way when a layout is loaded. The output
+size (height x width controls, :func:`size_choices`) becomes the layout's ``settings.height/width``
+(:func:`options_from_ui`); the blank canvas has its aspect (:func:`canvas_size`), so boxes stay normalised.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from typing import Any, Sequence
@@ -16,7 +19,7 @@ from typing import Any, Sequence
 from ldm.inference.errors import LayoutError
 from ldm.inference.layout import NUM_KEYPOINTS
 
-CANVAS = 512  # side of the blank drawing canvas of the generation modes (the model's 512x512 output)
+CANVAS = 512  # long side of the blank drawing canvas of the generation modes (its aspect is the output's)
 STYLE_BOX = [0.0, 1.0, 0.0, 1.0]  # the original's "style image" box (a degenerate box grounding only an image)
 POINT_BOX = 14  # side in canvas pixels of the small box that stands for one keypoint
 TABLE_HEADERS = ["box", "phrase", "reference image"]
@@ -30,6 +33,30 @@ POSE_TEMPLATE = ((.50, .08), (.54, .06), (.46, .06), (.58, .08), (.42, .08), (.6
                  (.24, .38), (.80, .52), (.20, .52), (.62, .55), (.38, .55), (.63, .76), (.37, .76), (.64, .96),
                  (.36, .96))
 _POINT_LABEL = re.compile(r"^p(\d+)\s+(\w+)$")
+
+
+# ------------------------------------------------------------------ output size
+def size_choices(resolution: int = 512, step: int = 64) -> list[int]:
+    """Output sizes offered for a checkpoint generating ``resolution`` pixels whose UNet needs multiples of
+    ``step`` (and the pipeline multiples of 8): half to twice its resolution in eighths of it, or in the
+    smallest step allowed (256..1024 by 64 for SD-1.x's 512 and 64)."""
+    unit = math.lcm(int(step), 8)
+    inc = max(unit, resolution // 8 // unit * unit)
+    lo = -(-(resolution // 2) // inc) * inc
+    return list(range(lo, 2 * resolution + 1, inc))
+
+
+def canvas_size(height: int, width: int) -> tuple[int, int]:
+    """(W, H) of the blank drawing canvas for an output of ``height`` x ``width``: same aspect, long side CANVAS."""
+    scale = CANVAS / max(int(height), int(width))
+    return max(1, round(int(width) * scale)), max(1, round(int(height) * scale))
+
+
+def options_from_ui(*, sampler: str, steps, guidance_scale, batch_size, negative_prompt: str | None,
+                    height, width) -> dict:
+    """The page's sampling and size controls -> a layout's ``settings`` block (the CLI's keys and values)."""
+    return dict(sampler=sampler, steps=int(steps), guidance_scale=float(guidance_scale), batch_size=int(batch_size),
+                negative_prompt=negative_prompt or "", height=int(height), width=int(width))
 
 
 # ------------------------------------------------------------------ boxes

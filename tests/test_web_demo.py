@@ -90,6 +90,33 @@ def test_keypoints_round_trip_through_annotator_boxes():
         state.persons_from_annotation({"image": None, "boxes": [{"xmin": 0, "ymin": 0, "xmax": 9, "ymax": 9}]})
 
 
+def test_sizes_canvas_aspect_and_options_record_the_size():
+    import numpy as np
+
+    from ldm.inference.pipeline import Settings
+
+    assert state.size_choices(512, 64) == list(range(256, 1025, 64))  # SD-1.x: 256..1024 in multiples of 64
+    assert state.size_choices(16, 4) == [8, 16, 24, 32]  # the --demo tiny checkpoints (16 px; multiples of 8)
+    assert state.canvas_size(384, 640) == (512, 307) and state.canvas_size(768, 512) == (341, 512)
+    assert state.canvas_size(512, 512) == (state.CANVAS, state.CANVAS)
+    options = state.options_from_ui(sampler="ddim", steps=20.0, guidance_scale=5, batch_size=2.0, negative_prompt=None,
+                                    height=384.0, width=640)
+    assert options == dict(sampler="ddim", steps=20, guidance_scale=5.0, batch_size=2, negative_prompt="",
+                           height=384, width=640)
+    settings = Settings.merged(options)  # the CLI's settings block, the size included
+    assert (settings.height, settings.width) == (384, 640) and settings.record()["height"] == 384
+    # boxes and keypoints drawn on a wide canvas stay relative to the image
+    w, h = state.canvas_size(384, 640)
+    wide = np.zeros((h, w, 3), np.uint8)
+    person = state.pose_person(2)
+    back, = state.persons_from_annotation({"image": wide, "boxes": state.keypoint_boxes([person], (w, h))})
+    for a, b in zip(back, person):
+        assert a == pytest.approx(b, abs=1.5 / h)
+    boxes = [[0.1, 0.2, 0.5, 0.9]]
+    back, = state.normalised_boxes({"image": wide, "boxes": state.annotation_boxes(boxes, (w, h))})
+    assert back == pytest.approx(boxes[0], abs=1 / h)
+
+
 def test_canny_map_of_a_photo(tmp_path):
     from PIL import Image, ImageDraw
 
@@ -193,6 +220,53 @@ def test_generate_endpoint_concurrent_requests_and_errors(server, tmp_path):
             assert a.tobytes() == b.tobytes()
 
 
+def test_generate_endpoint_and_page_state_honour_the_size(server):
+    """A layout's ``settings.height/width`` sets the output size (384x640 at the tiny checkpoints' scale, 24x40, as
+    tests/test_nonsquare.py); the page's size controls do the same; spatial-map checkpoints refuse other sizes
+    with the pipeline's one-line reason."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+    from PIL import Image
+
+    client = Client(server.url, verbose=False)
+    layout = json.loads(_layout(5))
+    layout["settings"].update(height=24, width=40)
+    images, record = client.predict(json.dumps(layout), api_name="/generate")
+    assert len(images) == 2
+    for item in images:
+        with Image.open(item["image"]) as im:
+            assert im.size == (40, 24)  # (W, H)
+    saved = json.loads(record)
+    assert (saved["settings"]["height"], saved["settings"]["width"]) == (24, 40)
+    assert saved["generations"][0]["boxes"] == layout["generations"][0]["boxes"]  # still normalised
+    _, again = client.predict(record, api_name="/generate")  # the saved record repeats the size
+    assert (json.loads(again)["settings"]["height"], json.loads(again)["settings"]["width"]) == (24, 40)
+
+    by_mode = {mode.name: path for path, mode in server.service.known_modes.items()}
+    size = dict(height=24, width=16)  # tall: 768x512 at the tiny scale
+    options = state.options_from_ui(sampler="plms", steps=4, guidance_scale=7.5, batch_size=1, negative_prompt="",
+                                    **size)
+    entry = state.entry_from_ui("keypoint", prompt="a person", persons=[state.pose_person(0)], seed=3)
+    result, paths = server.service.run(entry, options, by_mode["generation keypoint"])
+    with Image.open(paths[0]) as im:
+        assert im.size == (16, 24)
+    saved = json.loads(open(paths[2]).read())
+    assert (saved["settings"]["height"], saved["settings"]["width"]) == (24, 16)
+    settings, (gen,) = load_layout(paths[2])  # what "Load a layout" and gligen_inference.py --layout read
+    assert (settings["height"], settings["width"]) == (24, 16) and gen.keypoints == entry["keypoints"]
+
+    hed = state.entry_from_ui("hed", prompt="a man", condition=os.path.join(ROOT, "inference_images", "hed_man_eat.png"))
+    with pytest.raises(LayoutError) as err:
+        server.service.run(hed, options, by_mode["generation hed"])
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("generation hed checkpoints generate 16x16 only: ")
+    assert message.endswith("(got --height 24 --width 16)")
+    with pytest.raises(AppError, match="^generation hed checkpoints generate 16x16 only"):  # the endpoint: the same
+        client.predict(json.dumps({"settings": {"height": 24, "width": 40},
+                                   "generations": [{"prompt": "a man", "hed_image": hed["hed_image"]}]}),
+                       api_name="/generate")
+
+
 # ====================================================================== the page in Chromium
 @pytest.fixture
 def browser_page(server, tmp_path):
@@ -250,9 +324,18 @@ def _generate_and_wait(page, before: int = 0):
     return images
 
 
+def _select(page, elem_id: str, option: str) -> None:
+    page.locator(f"#{elem_id} input").click()
+    page.locator(f"#{elem_id}").get_by_role("option", name=option, exact=True).click()
+
+
 def _latest_record(outdir) -> dict:
     records = sorted((p for p in outdir.glob("*/0.json")), key=os.path.getmtime)
     return json.loads(records[-1].read_text())
+
+
+def _latest_png(outdir):
+    return sorted((p for p in outdir.glob("*/0.png")), key=os.path.getmtime)[-1]
 
 
 def test_browser_draw_box_type_phrase_generate(server, browser_page, tmp_path):
@@ -271,6 +354,9 @@ def test_browser_draw_box_type_phrase_generate(server, browser_page, tmp_path):
     page.get_by_text("Sampling", exact=True).click()  # open the accordion
     page.locator("#seed input").fill("11")
     page.locator("#seed input").press("Tab")  # commit the number
+    _select(page, "height", "16")  # 512x768's aspect at the tiny checkpoints' scale: the canvas turns wide
+    _select(page, "width", "24")
+    page.wait_for_timeout(1000)
     page.screenshot(path=str(tmp_path / "2_box_and_phrase.png"), full_page=True)
 
     images = _generate_and_wait(page)
@@ -285,6 +371,11 @@ def test_browser_draw_box_type_phrase_generate(server, browser_page, tmp_path):
     (x0, y0, x1, y1), = gen["boxes"]
     assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1 and (x1 - x0) > 0.1 and (y1 - y0) > 0.1
     assert "input_image" not in gen
+    assert (record["settings"]["height"], record["settings"]["width"]) == (16, 24)
+    from PIL import Image
+
+    with Image.open(_latest_png(server.outdir)) as im:
+        assert im.size == (24, 16)  # (W, H)
 
     # the downloaded layout is what gligen_inference.py --layout takes, and it repeats this request
     with page.expect_download() as dl:
@@ -294,6 +385,7 @@ def test_browser_draw_box_type_phrase_generate(server, browser_page, tmp_path):
     settings, (again,) = load_layout(str(saved))
     assert again.prompt == gen["prompt"] and again.boxes == gen["boxes"] and again.seed == 11
     assert settings["steps"] == 50 and settings["batch_size"] == 2
+    assert (settings["height"], settings["width"]) == (16, 24)
 
 
 def test_browser_upload_image_and_inpaint_a_box(server, browser_page, tmp_path):
@@ -303,11 +395,21 @@ def test_browser_upload_image_and_inpaint_a_box(server, browser_page, tmp_path):
     photo = tmp_path / "room.png"
     Image.new("RGB", (320, 240), (90, 140, 200)).save(photo)
 
+    # a spatial-map checkpoint fixes the size at its own, saying why; other modes free it again
+    _select(page, "width", "32")
+    page.locator("#ckpt input").click()
+    page.get_by_role("option", name="demo (random weights): generation hed").click()
+    page.locator("#condition").wait_for(state="visible")
+    page.wait_for_function("document.querySelector('#width input').value === '16'")
+    assert page.locator("#height input").is_disabled() and page.locator("#width input").is_disabled()
+    assert "spatial-map checkpoints generate 16x16 only" in page.locator("#height").inner_text()
+
     # pick the inpainting checkpoint: the page switches to its controls
     page.locator("#ckpt input").click()
     page.get_by_role("option", name="inpainting box+text").click()
     page.locator("#inpaint-image").wait_for(state="visible")
     assert "inpainting box+text" in page.locator("#mode").inner_text()
+    page.wait_for_function("!document.querySelector('#width input').disabled")
     page.locator("#inpaint-image input[type=file]").set_input_files(str(photo))
     page.wait_for_timeout(1500)  # the canvas takes the uploaded image as its background
 
@@ -315,6 +417,9 @@ def test_browser_upload_image_and_inpaint_a_box(server, browser_page, tmp_path):
     page.locator("#phrases [data-testid='cell-0-0']").wait_for()
     _type_phrase(page, 0, "a corgi")
     page.locator("#prompt textarea").fill("a corgi in a blue room")
+    _select(page, "height", "24")  # the output size follows the controls; the photo is resized to it
+    _select(page, "width", "32")
+    page.wait_for_timeout(1000)
     page.screenshot(path=str(tmp_path / "1_inpaint_box.png"), full_page=True)
     _generate_and_wait(page)
     page.wait_for_function("document.querySelectorAll('#gallery img').length >= 4")
@@ -326,6 +431,9 @@ def test_browser_upload_image_and_inpaint_a_box(server, browser_page, tmp_path):
     assert gen["phrases"] == ["a corgi"] and os.path.isfile(gen["input_image"])
     with Image.open(gen["input_image"]) as im:  # the uploaded image, copied next to the outputs
         assert im.size == (320, 240)
+    with Image.open(_latest_png(server.outdir)) as im:
+        assert im.size == (32, 24)
+    assert (record["settings"]["height"], record["settings"]["width"]) == (24, 32)
 
 
 def test_every_demo_mode_runs_from_page_state(server, tmp_path):
@@ -373,7 +481,7 @@ def test_browser_load_keypoint_layout_then_generate(server, browser_page, tmp_pa
 
     page = browser_page
     layout = tmp_path / "people.json"
-    layout.write_text(json.dumps({"settings": {"steps": 6, "batch_size": 1},
+    layout.write_text(json.dumps({"settings": {"steps": 6, "batch_size": 1, "height": 24, "width": 16},
                                   "generations": [{"prompt": "A young man and a small boy are talking",
                                                    "keypoints": [PERSON_1, PERSON_2], "alpha_type": [0.4, 0, 0.6],
                                                    "seed": 4}]}))
@@ -382,6 +490,7 @@ def test_browser_load_keypoint_layout_then_generate(server, browser_page, tmp_pa
     page.wait_for_function("document.querySelector('#prompt textarea').value.startsWith('A young man')")
     assert "generation keypoint" in page.locator("#mode").inner_text()
     assert not page.locator("#canvas").is_visible()  # the box canvas is for box modes only
+    assert (page.locator("#height input").input_value(), page.locator("#width input").input_value()) == ("24", "16")
     page.screenshot(path=str(tmp_path / "1_layout_loaded.png"), full_page=True)
     _generate_and_wait(page)
     page.wait_for_function("document.querySelectorAll('#gallery img').length >= 2")
@@ -391,6 +500,7 @@ def test_browser_load_keypoint_layout_then_generate(server, browser_page, tmp_pa
     gen = record["generations"][0]
     assert record["outputs"]["mode"] == "generation keypoint" and record["settings"]["steps"] == 6
     assert gen["seed"] == 4 and gen["alpha_type"] == [0.4, 0.0, 0.6]
+    assert (record["settings"]["height"], record["settings"]["width"]) == (24, 16)  # the layout's size, restored
     for got, want in zip(gen["keypoints"], [PERSON_1, PERSON_2]):
         for a, b in zip(got, want):
             assert a == pytest.approx(b, abs=2 / state.CANVAS)  # through the canvas' pixels and back
