@@ -219,12 +219,8 @@ def entry_from_ui(family: str, *, prompt: str, boxes: Sequence = (), rows: Seque
 
 
 def canny_map(path: str, low: int = 100, high: int = 200):
-    """Canny edges of a photo (OpenCV, the thresholds of the original's annotator) -> PIL "RGB" image."""
-    import cv2
-    import numpy as np
-    from PIL import Image
+    """Canny edges of a photo (the thresholds of the original's annotator) -> PIL "RGB" image
+    (:func:`ldm.imageops.canny`; the photo is opened with the size-checked opener)."""
+    from ldm.imageops import canny
 
-    with Image.open(path) as im:
-        gray = np.asarray(im.convert("L"))
-    edges = cv2.Canny(gray, int(low), int(high))
-    return Image.fromarray(edges).convert("RGB")
+    return canny(path, int(low), int(high))
