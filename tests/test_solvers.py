@@ -1,0 +1,272 @@
+"""Few-step samplers (ldm.models.diffusion.solvers): update rules against diffusers' schedulers on a
+toy denoiser, exactness on a point-mass model, scheduled sampling, inpainting, the UNet bridge."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ldm.models.diffusion.ldm import LatentDiffusion
+from ldm.models.diffusion.sampling import alpha_generator
+from ldm.models.diffusion.solvers import Grid, SOLVERS, dpmpp_2m, euler, make_grid, solve, unet_denoiser, unipc
+
+AC = LatentDiffusion(linear_start=0.00085, linear_end=0.012).alphas_cumprod  # SD v1 schedule
+
+
+def _ab(t: torch.Tensor):
+    """sqrt(a_t), sqrt(1 - a_t) at (fractional) timesteps t (B,), broadcast to 4-D."""
+    a = torch.from_numpy(np.interp(t.double().numpy(), np.arange(len(AC)), AC.double().numpy())).float()
+    return a.sqrt().view(-1, 1, 1, 1), (1 - a).sqrt().view(-1, 1, 1, 1)
+
+
+def toy_eps(x, t, gate=1.0):
+    """A smooth nonlinear eps model: exact for Gaussian data N(0.3, 0.5^2) plus a t-dependent wiggle."""
+    a, s = _ab(t)
+    eps = s * (x - a * 0.3) / (a ** 2 * 0.25 + s ** 2)
+    return eps + 0.1 * torch.sin(2 * x) * (t.view(-1, 1, 1, 1) / 1000)
+
+
+def _diffusers_run(scheduler, x):
+    for t in scheduler.timesteps:
+        tt = torch.full((x.shape[0],), float(t))
+        eps = toy_eps(scheduler.scale_model_input(x, t), tt)
+        x = scheduler.step(eps, t, x).prev_sample
+    return x
+
+
+def _grid_of(scheduler) -> Grid:
+    return Grid(t=tuple(float(v) for v in scheduler.timesteps) + (0.0,),
+                sigmas=tuple(float(v) for v in scheduler.sigmas))
+
+
+COMMON = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+              final_sigmas_type="sigma_min")
+
+
+@pytest.mark.parametrize("steps", [5, 12])
+@pytest.mark.parametrize("karras", [False, True])
+def test_dpmpp_2m_matches_diffusers(steps, karras):
+    from diffusers import DPMSolverMultistepScheduler
+
+    sch = DPMSolverMultistepScheduler(**COMMON, algorithm_type="dpmsolver++", solver_order=2,
+                                      solver_type="midpoint", lower_order_final=False, use_karras_sigmas=karras)
+    sch.set_timesteps(steps)
+    x = torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(0))
+    ref = _diffusers_run(sch, x.clone())
+    ours = dpmpp_2m(toy_eps, x.clone(), _grid_of(sch))
+    assert torch.allclose(ours, ref, atol=2e-5, rtol=1e-4), (ours - ref).abs().max()
+    # a non-trivial problem: the result differs from a first-order (DDIM-like) run
+    assert (euler(toy_eps, x.clone(), _grid_of(sch)) - ref).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("steps", [5, 12])
+def test_unipc_matches_diffusers(steps):
+    from diffusers import UniPCMultistepScheduler
+
+    sch = UniPCMultistepScheduler(**COMMON, solver_order=2, solver_type="bh2", predict_x0=True,
+                                  lower_order_final=False)
+    sch.set_timesteps(steps)
+    x = torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(1))
+    ref = _diffusers_run(sch, x.clone())
+    ours = unipc(toy_eps, x.clone(), _grid_of(sch))
+    assert torch.allclose(ours, ref, atol=2e-5, rtol=1e-4), (ours - ref).abs().max()
+    assert (dpmpp_2m(toy_eps, x.clone(), _grid_of(sch)) - ref).abs().max() > 1e-4  # the corrector matters
+
+
+@pytest.mark.parametrize("steps", [5, 12])
+def test_euler_matches_diffusers(steps):
+    from diffusers import EulerDiscreteScheduler
+
+    sch = EulerDiscreteScheduler(**COMMON)
+    sch.set_timesteps(steps)
+    x = torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(2))
+    # diffusers' Euler state is x / alpha (variance exploding); ours is the UNet's x_t
+    grid = _grid_of(sch)
+    ref = _diffusers_run(sch, x.clone() / grid.alpha(0))
+    ours = euler(toy_eps, x.clone(), grid) / grid.alpha(len(grid))
+    assert torch.allclose(ours, ref, atol=2e-5, rtol=1e-4), (ours - ref).abs().max()
+
+
+def test_make_grid_matches_diffusers_grids():
+    from diffusers import DPMSolverMultistepScheduler
+
+    for steps in (7, 20, 50):
+        sch = DPMSolverMultistepScheduler(**COMMON)
+        sch.set_timesteps(steps)
+        g = make_grid(AC, steps)
+        assert len(g) == steps
+        np.testing.assert_allclose(g.sigmas, sch.sigmas.numpy(), rtol=1e-5)
+        np.testing.assert_array_equal(g.t[:-1], sch.timesteps.numpy())
+        assert g.t[0] == 999 and g.t[-1] == 0
+        # Karras et al. Eq. 5 with rho 7 between the schedule's extreme sigmas (N + 1 points, no
+        # repeated sigma_min as diffusers' grid has); t interpolated in log sigma (fractional)
+        k = make_grid(AC, steps, "karras")
+        table = ((1 - AC.double()) / AC.double()).sqrt()
+        smax, smin = float(table[-1]), float(table[0])
+        i = np.arange(steps + 1) / steps
+        np.testing.assert_allclose(k.sigmas, (smax ** (1 / 7) + i * (smin ** (1 / 7) - smax ** (1 / 7))) ** 7, rtol=1e-9)
+        assert k.t[0] == pytest.approx(999) and k.t[-1] == pytest.approx(0)
+        j = int(np.searchsorted(table.numpy(), k.sigmas[steps // 2]))
+        assert j - 1 <= k.t[steps // 2] <= j
+
+
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_point_mass_is_solved_exactly(name):
+    """For data = a point y the ODE path is x_t = alpha_t y + sigma_t e (e constant): every solver
+    here is exact for it, whatever the number of steps."""
+    y = torch.randn(1, 4, 5, 5, generator=torch.Generator().manual_seed(3))
+    e = torch.randn(1, 4, 5, 5, generator=torch.Generator().manual_seed(4))
+
+    def eps_point(x, t, gate):
+        a, s = _ab(t)
+        return (x - a * y) / s
+
+    g = make_grid(AC, 4, SOLVERS[name][1])
+    out = solve(name, eps_point, g.alpha(0) * y + g.sigma(0) * e, AC, 4)
+    assert torch.allclose(out, g.alpha(4) * y + g.sigma(4) * e, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_converges_to_a_fine_reference(name):
+    """More steps, closer to a 400-step second-order solution of the same ODE."""
+    x = torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(5))
+    ref = dpmpp_2m(toy_eps, x.clone(), make_grid(AC, 400))
+    errs = [(solve(name, toy_eps, x.clone(), AC, n) - ref).abs().max().item() for n in (8, 16, 32, 64)]
+    assert all(b < a for a, b in zip(errs, errs[1:])), errs
+
+
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_scheduled_sampling_gates_per_call(name):
+    calls = []
+
+    def rec(x, t, gate):
+        calls.append((float(t[0]), gate))
+        return toy_eps(x, t)
+
+    steps = 10
+    gates = alpha_generator(steps, [0.3, 0.0, 0.7])
+    solve(name, rec, torch.randn(1, 4, 4, 4), AC, steps, gates=gates)
+    assert [g for _, g in calls] == gates  # one call per step, gate i at call i
+    assert [t for t, _ in calls] == pytest.approx(make_grid(AC, steps, SOLVERS[name][1]).t[:-1], abs=1e-3)
+    with pytest.raises(ValueError, match="9 gate scales for 10 steps"):
+        solve(name, rec, torch.randn(1, 4, 4, 4), AC, steps, gates=gates[:-1])
+
+
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_inpainting_known_region(name):
+    """Before every call the known region is x0 noised to the call's level with a fresh randn_like(x0)
+    draw (the original's order); the unknown region is left to the solver."""
+    steps = 6
+    x0 = torch.randn(1, 4, 6, 6, generator=torch.Generator().manual_seed(6))
+    mask = torch.zeros(1, 1, 6, 6)
+    mask[..., :3] = 1
+    seen = []
+
+    def mixing(x, t, gate=1.0):  # couples pixels, so the known region informs the rest
+        return toy_eps(x, t) + 0.2 * x.mean(dim=(-2, -1), keepdim=True)
+
+    def rec(x, t, gate):
+        seen.append(x.clone())
+        return mixing(x, t)
+
+    x = torch.randn(1, 4, 6, 6, generator=torch.Generator().manual_seed(7))
+    torch.manual_seed(11)
+    out = solve(name, rec, x.clone(), AC, steps, mask=mask, x0=x0)
+    g = make_grid(AC, steps, SOLVERS[name][1])
+    torch.manual_seed(11)
+    for i, xi in enumerate(seen):
+        expect = g.alpha(i) * x0 + g.sigma(i) * torch.randn_like(x0)
+        assert torch.allclose(xi[..., :3], expect[..., :3], atol=1e-6)
+    assert torch.equal(seen[0][..., 3:], x[..., 3:])
+    # the unknown region differs from an unmasked run (the known region conditions it)
+    free = solve(name, mixing, x.clone(), AC, steps)
+    assert not torch.allclose(free[..., 3:], out[..., 3:])
+    with pytest.raises(ValueError, match="x0"):
+        solve(name, toy_eps, x.clone(), AC, steps, mask=mask)
+
+
+def test_unknown_sampler_and_bad_grid():
+    with pytest.raises(ValueError, match="unknown sampler"):
+        solve("heun", toy_eps, torch.randn(1, 4, 4, 4), AC, 5)
+    with pytest.raises(ValueError, match="spacing"):
+        make_grid(AC, 5, "cosine")
+    with pytest.raises(ValueError, match=">= 1"):
+        make_grid(AC, 0)
+
+
+# ------------------------------------------------------------------ the UNet bridge: gates / first conv exact
+def _tiny(family, B):
+    """A tiny random GLIGEN UNet of ``family`` in eval mode plus its UNet inputs (no x / timesteps)."""
+    from ldm.tiny import build_tiny
+    from ldm.util import instantiate_from_config
+
+    parts = build_tiny(family)
+    cfg = parts["config"]
+    model = parts["model"].eval()
+    gi = model.grounding_tokenizer_input = instantiate_from_config(cfg["grounding_tokenizer_input"])
+    g = torch.Generator().manual_seed(0)
+    inp = dict(context=torch.randn(B, 77, 16, generator=g))
+    if family == "text":
+        batch = dict(boxes=torch.rand(B, 30, 4, generator=g), masks=torch.ones(B, 30),
+                     text_embeddings=torch.randn(B, 30, 24, generator=g))
+    else:
+        batch = {"hed_edge": torch.randn(B, 3, 16, 16, generator=g), "mask": torch.ones(B)}
+        inp["grounding_extra_input"] = instantiate_from_config(cfg["grounding_downsampler_input"]).prepare(batch)
+    inp["grounding_input"] = gi.prepare(batch)
+    return model, inp
+
+
+def test_unet_denoiser_gate_zero_is_exactly_fusers_off():
+    from ldm.models.diffusion.sampling import set_alpha_scale
+
+    model, inp = _tiny("text", 1)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([500.0])
+    den = unet_denoiser(model, inp)
+    with torch.no_grad():
+        on = den(x, t, 1.0)
+        off = den(x, t, 0.0)
+        half = den(x, t, 0.5)
+        # references: every fuser replaced by the identity; the scale set by hand
+        fusers = [m for m in model.modules() if type(m).__name__ == "GatedSelfAttentionDense"]
+        assert fusers
+        set_alpha_scale(model, 0.5)
+        ref_half = model({**inp, "x": x, "timesteps": t})
+        set_alpha_scale(model, 1.0)
+        for f in fusers:
+            f.forward = lambda x, objs, *a, **k: x
+        ref_off = model({**inp, "x": x, "timesteps": t})
+    assert torch.equal(off, ref_off)
+    assert torch.equal(half, ref_half)
+    assert not torch.allclose(on, off)
+
+
+def test_unet_denoiser_swaps_first_conv_of_spatial_models_at_gate_zero():
+    model, inp = _tiny("hed", 1)
+    assert model.downsample_net is not None
+    gl_conv = model.input_blocks[0][0]
+    sd = {"weight": torch.randn_like(gl_conv.weight[:, :4]), "bias": torch.randn(model.model_channels)}
+    model.sd_first_conv = sd
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    den = unet_denoiser(model, inp)
+    with torch.no_grad():
+        den(x, torch.tensor([900.0]), 1.0)
+        assert model.input_blocks[0][0] is gl_conv
+        out = den(x, torch.tensor([100.0]), 0.0)
+        assert model.first_conv_type == "SD" and model.input_blocks[0][0].in_channels == 4
+        assert torch.equal(model.input_blocks[0][0].weight, sd["weight"])
+        ref = model({**inp, "x": x, "timesteps": torch.tensor([100.0])})
+    assert torch.equal(out, ref)
+
+
+def test_unet_denoiser_runs_a_guided_solver_end_to_end():
+    B = 2
+    model, inp = _tiny("text", B)
+    uc = torch.zeros_like(inp["context"])
+    den = unet_denoiser(model, inp, uc=uc, guidance_scale=5.0)
+    x = torch.randn(B, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    out = solve("dpmpp_2m", den, x, AC, 8, gates=alpha_generator(8, [0.3, 0, 0.7]))
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    assert not torch.allclose(out, x)
