@@ -32,7 +32,10 @@ DEFAULT_NEGATIVE_PROMPT = ("longbody, lowres, bad anatomy, bad hands, missing fi
                            "cropped, worst quality, low quality")
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 DEVICES = ("auto", "cpu", "cuda", "mps")
-SAMPLERS = ("plms", "ddim")
+SAMPLERS = ("plms", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "euler")
+#: default steps per sampler: the original's for PLMS / DDIM; the few-step solvers' match PLMS-50's
+#: accuracy at these counts (bench/RESULTS.md, "Sampler accuracy")
+DEFAULT_STEPS = {"plms": 50, "ddim": 250, "dpmpp_2m": 20, "dpmpp_2m_karras": 20, "unipc": 20, "euler": 50}
 
 #: output sub-folder per mode when a layout names none (the original examples' names)
 DEFAULT_FOLDERS = {
@@ -47,7 +50,7 @@ class Settings:
     """Run options (CLI flags; a layout file's ``settings`` block gives defaults for them)."""
 
     sampler: str = "plms"
-    steps: int | None = None  # None: 50 (PLMS) / 250 (DDIM), as the original
+    steps: int | None = None  # None: DEFAULT_STEPS[sampler] (50 PLMS / 250 DDIM, as the original)
     guidance_scale: float = 7.5
     negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT
     batch_size: int = 5
@@ -74,7 +77,9 @@ class Settings:
             raise LayoutError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
             raise LayoutError(f"steps must be a positive integer, got {self.steps!r}")
-        if self.steps is not None:
+        if self.steps is not None and self.sampler not in ("plms", "ddim") and self.steps > 1000:
+            raise LayoutError(f"steps must be at most 1000 for {self.sampler}, got {self.steps}")
+        if self.steps is not None and self.sampler in ("plms", "ddim"):
             from ldm.models.diffusion.sampling import make_ddim_timesteps
 
             try:
@@ -103,7 +108,7 @@ class Settings:
 
     @property
     def num_steps(self) -> int:
-        return self.steps if self.steps is not None else (50 if self.sampler == "plms" else 250)
+        return self.steps if self.steps is not None else DEFAULT_STEPS[self.sampler]
 
     def record(self) -> dict:
         """The settings a saved run needs to be repeated (see ``FILE_KEYS``)."""
@@ -260,8 +265,19 @@ class Runner:
                      inpainting_extra_input=inpainting_extra,
                      grounding_extra_input=gdi.prepare(batch) if gdi is not None else None)
         shape = (B, model.in_channels, model.image_size, model.image_size)
-        samples = sampler.sample(S=s.num_steps, shape=shape, input=input, uc=uc, guidance_scale=s.guidance_scale,
-                                 mask=mask, x0=z0)
+        if s.sampler in ("plms", "ddim"):
+            samples = sampler.sample(S=s.num_steps, shape=shape, input=input, uc=uc, guidance_scale=s.guidance_scale,
+                                     mask=mask, x0=z0)
+        else:  # few-step ODE solvers over the same guided, gated denoiser
+            from ldm.models.diffusion.sampling import inpaint_replace
+            from ldm.models.diffusion.solvers import solve, unet_denoiser
+
+            x = torch.randn(shape, device=models.diffusion.betas.device) if x is None else x
+            denoise = unet_denoiser(model, {k: v for k, v in input.items() if k not in ("x", "timesteps")}, uc,
+                                    s.guidance_scale)
+            known = (lambda x, t: inpaint_replace(models.diffusion, x, z0, mask, t)) if mask is not None else None
+            samples = solve(s.sampler, denoise, x, models.diffusion.alphas_cumprod, s.num_steps,
+                            gates=alpha_generator(s.num_steps, gen.alpha_type), known=known, progress=s.progress)
         images = models.autoencoder.decode(samples.to(dt)).float()
         return Result(images=images, latents=samples, generation=gen, mode=mode, checkpoint=path, seed=seed)
 

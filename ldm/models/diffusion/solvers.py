@@ -1,15 +1,15 @@
 """Few-step ODE samplers over a denoiser: DPM-Solver++(2M), UniPC (bh2) and Euler.
 
-Each sampler is a short function ``sampler(denoise, x, grid, gates=None, mask=None, x0=None)``
-in the style of k-diffusion: classifier-free guidance, grounding tokens, the gate scale and the
-spatial models' first-conv swap are the denoiser's business, not the loop's.
+Each sampler is a short function ``sampler(denoise, x, grid, gates=None, known=None, progress=False)``
+in the style of k-diffusion, with the call signature of the PLMS / DDIM functions: classifier-free
+guidance, grounding tokens, the gate scale and the spatial models' first-conv swap are the
+denoiser's business, not the loop's.
 
 Contract of ``denoise`` (the same callable the PLMS / DDIM loops use)::
 
     denoise(x, t, gate) -> eps
         x:    (B, C, H, W) latent x_t = alpha_t * x_0 + sigma_t * noise (the UNet's input scale)
-        t:    (B,) float timesteps of the DDPM schedule (fractional values are fine: the UNet's
-              sinusoidal embedding is defined for any real t)
+        t:    (B,) long DDPM timesteps
         gate: float, the scheduled-sampling scale of the gated self-attention layers for this
               call (GLIGEN Sec. 3.3; 0 = grounding off, which also selects SD's first conv)
         eps:  (B, C, H, W) guided noise prediction
@@ -20,9 +20,9 @@ original's PLMS / DDIM, whose last step ends at ``alphas_cumprod[0]``); ``N`` de
 one at each of the first ``N`` points. ``gates[i]`` is used for call ``i`` (``alpha_generator(N,
 alpha_type)`` maps scheduled sampling to the fraction of steps, as for PLMS).
 
-Inpainting: with ``mask`` (1 = keep) and ``x0`` (clean latent), before every call the known
-region is replaced by ``x0`` noised to the current level with fresh ``randn_like(x0)`` noise, as
-the original does before each PLMS / DDIM step.
+Inpainting: ``known(x, t) -> x`` (the samplers' known-region hook: the region outside the boxes
+replaced by the clean latent noised to ``t`` with a fresh ``randn_like(x0)`` draw) is applied before
+every denoiser call, as the original does before each PLMS / DDIM step.
 
 All arithmetic on latents is in the latent's dtype (float32 in the pipeline); coefficients are
 Python floats computed in double precision.
@@ -44,7 +44,8 @@ class Grid:
     """A sampling time grid, noisiest first.
 
     Attributes:
-        t: (N + 1,) DDPM timesteps (floats) at which the denoiser is called (the last is never called).
+        t: (N + 1,) integer DDPM timesteps (as floats) at which the denoiser is called (the last
+            point is never called).
         sigmas: (N + 1,) noise-to-signal ratios ``sqrt((1 - a) / a)`` ("VE" sigmas of Karras et al.);
             the last may be 0 (denoise to x_0 in the final step).
     """
@@ -74,8 +75,8 @@ def make_grid(alphas_cumprod: torch.Tensor, steps: int, spacing: str = "linspace
     ``spacing``:
       * ``"linspace"``: timesteps ``round(linspace(T - 1, 0, steps + 1))``;
       * ``"karras"``: sigmas ``(s_max^(1/rho) + i/N (s_min^(1/rho) - s_max^(1/rho)))^rho`` (Karras et al.
-        2022, Eq. 5) between the schedule's extreme sigmas, timesteps by interpolating
-        ``log sigma`` in the discrete table (fractional).
+        2022, Eq. 5) between the schedule's extreme sigmas; the model's timestep is the
+        ``log sigma`` interpolation in the discrete table, rounded (as diffusers' Karras grids).
     """
     steps = int(steps)
     if steps < 1:
@@ -89,7 +90,7 @@ def make_grid(alphas_cumprod: torch.Tensor, steps: int, spacing: str = "linspace
     elif spacing == "karras":
         lo, hi = table[0] ** (1 / rho), table[-1] ** (1 / rho)
         sig = (hi + np.linspace(0, 1, steps + 1) * (lo - hi)) ** rho
-        t = np.interp(np.log(sig), np.log(table), np.arange(T, dtype=np.float64))
+        t = np.interp(np.log(sig), np.log(table), np.arange(T, dtype=np.float64)).round()
     else:
         raise ValueError(f"spacing must be 'linspace' or 'karras', got {spacing!r}")
     return Grid(t=tuple(float(v) for v in t), sigmas=tuple(float(v) for v in sig))
@@ -107,19 +108,22 @@ def _gate_list(gates: Sequence[float] | None, n: int) -> list:
     return gates
 
 
-def _data_pred(denoise: Denoiser, x, grid: Grid, i: int, gate: float, mask, x0):
+def _data_pred(denoise: Denoiser, x, grid: Grid, i: int, gate: float, known):
     """(x, x_0 prediction) at point i: known-region replacement (inpainting), one denoiser call."""
-    a, s = grid.alpha(i), grid.sigma(i)
-    if mask is not None:
-        x = mask * (a * x0 + s * torch.randn_like(x0)) + (1.0 - mask) * x
-    t = torch.full((x.shape[0],), grid.t[i], device=x.device, dtype=torch.float32)
+    ti = grid.t[i]
+    integral = float(ti).is_integer()  # the DDPM grids; a hand-made grid may hold fractional times
+    t = torch.full((x.shape[0],), int(ti) if integral else ti, device=x.device,
+                   dtype=torch.long if integral else torch.float32)
+    if known is not None:
+        x = known(x, t)
     eps = denoise(x, t, gate).to(x.dtype)
-    return x, (x - s * eps) / a
+    return x, (x - grid.sigma(i) * eps) / grid.alpha(i)
 
 
-def _check(mask, x0):
-    if mask is not None and x0 is None:
-        raise ValueError("inpainting needs x0 (the encoded input image) together with mask")
+def _steps(n: int, progress: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(range(n), desc=desc, total=n, disable=not progress, leave=False)
 
 
 # --------------------------------------------------------------------------------------
@@ -127,14 +131,13 @@ def _check(mask, x0):
 # --------------------------------------------------------------------------------------
 @torch.no_grad()
 def euler(denoise: Denoiser, x: torch.Tensor, grid: Grid, gates: Sequence[float] | None = None,
-          mask: torch.Tensor | None = None, x0: torch.Tensor | None = None, callback=None) -> torch.Tensor:
+          known: Callable | None = None, progress: bool = False, callback=None) -> torch.Tensor:
     """Euler's method on the probability-flow ODE ``dx/dsigma = eps`` (Karras et al. 2022, "Elucidating
     the Design Space of Diffusion-Based Generative Models", Algorithm 2 without churn), in the
     variance-exploding variable ``x / alpha``. x: (B, C, H, W) noise at ``grid.t[0]`` -> latent at the last point."""
-    _check(mask, x0)
     gates = _gate_list(gates, len(grid))
-    for i in range(len(grid)):
-        x, d = _data_pred(denoise, x, grid, i, gates[i], mask, x0)
+    for i in _steps(len(grid), progress, "Euler"):
+        x, d = _data_pred(denoise, x, grid, i, gates[i], known)
         x_ve = x / grid.alpha(i)
         eps = (x_ve - d) / grid.sigmas[i]
         x = (x_ve + (grid.sigmas[i + 1] - grid.sigmas[i]) * eps) * grid.alpha(i + 1)
@@ -145,15 +148,14 @@ def euler(denoise: Denoiser, x: torch.Tensor, grid: Grid, gates: Sequence[float]
 
 @torch.no_grad()
 def dpmpp_2m(denoise: Denoiser, x: torch.Tensor, grid: Grid, gates: Sequence[float] | None = None,
-             mask: torch.Tensor | None = None, x0: torch.Tensor | None = None, callback=None) -> torch.Tensor:
+             known: Callable | None = None, progress: bool = False, callback=None) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion
     Probabilistic Models", Algorithm 2): second-order multistep in log-SNR, data prediction.
     First step (and a step to sigma 0) first order. x: (B, C, H, W) -> latent at the last point."""
-    _check(mask, x0)
     gates = _gate_list(gates, len(grid))
     prev = h_prev = None
-    for i in range(len(grid)):
-        x, d = _data_pred(denoise, x, grid, i, gates[i], mask, x0)
+    for i in _steps(len(grid), progress, "DPM-Solver++(2M)"):
+        x, d = _data_pred(denoise, x, grid, i, gates[i], known)
         if grid.sigmas[i + 1] == 0:
             x = d  # first order with h = inf
         elif grid.sigmas[i + 1] != grid.sigmas[i]:  # (a zero-length step leaves x as it is)
@@ -190,17 +192,16 @@ def _unipc_b(h: float, r: float | None) -> list:
 
 @torch.no_grad()
 def unipc(denoise: Denoiser, x: torch.Tensor, grid: Grid, gates: Sequence[float] | None = None,
-          mask: torch.Tensor | None = None, x0: torch.Tensor | None = None, callback=None) -> torch.Tensor:
+          known: Callable | None = None, progress: bool = False, callback=None) -> torch.Tensor:
     """UniPC-2 with B(h) = e^h - 1 (Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector Framework
     for Fast Sampling of Diffusion Models", data prediction): the UniP-2 predictor, and after each
     step the UniC corrector that reuses the next denoiser call (no extra evaluation). No corrector
     after the last step. x: (B, C, H, W) -> latent at the last point."""
-    _check(mask, x0)
     gates = _gate_list(gates, len(grid))
     hist: list = []  # (lambda, x_0 prediction) at the last two points, oldest first
     x_prev = order_prev = None
-    for i in range(len(grid)):
-        x, d = _data_pred(denoise, x, grid, i, gates[i], mask, x0)
+    for i in _steps(len(grid), progress, "UniPC"):
+        x, d = _data_pred(denoise, x, grid, i, gates[i], known)
         if x_prev is not None:  # UniC: correct the point just reached with the new prediction
             lam_s, m_s = hist[-1]
             h = grid.lam(i) - lam_s
@@ -210,7 +211,7 @@ def unipc(denoise: Denoiser, x: torch.Tensor, grid: Grid, gates: Sequence[float]
             if r is not None:
                 corr = corr + c[0] * (hist[-2][1] - m_s) / r
             x_c = (grid.sigma(i) / grid.sigma(i - 1)) * x_prev - grid.alpha(i) * math.expm1(-h) * (m_s + corr)
-            x = x_c if mask is None else mask * x + (1.0 - mask) * x_c  # keep the replaced known region
+            x = x_c  # (inpainting: the next call's known() replaces the known region again)
         hist = (hist + [(grid.lam(i), d)])[-2:]
         if grid.sigmas[i + 1] == 0:
             x_next, order = d, 1
@@ -237,12 +238,14 @@ SOLVERS = {"dpmpp_2m": (dpmpp_2m, "linspace"), "dpmpp_2m_karras": (dpmpp_2m, "ka
 
 
 def solve(name: str, denoise: Denoiser, x: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int,
-          gates: Sequence[float] | None = None, mask=None, x0=None, callback=None) -> torch.Tensor:
+          gates: Sequence[float] | None = None, known: Callable | None = None, progress: bool = False,
+          callback=None) -> torch.Tensor:
     """Run the sampler ``name`` of :data:`SOLVERS` for ``steps`` denoiser calls on the schedule ``alphas_cumprod``."""
     if name not in SOLVERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SOLVERS)}")
     fn, spacing = SOLVERS[name]
-    return fn(denoise, x, make_grid(alphas_cumprod, steps, spacing), gates, mask=mask, x0=x0, callback=callback)
+    return fn(denoise, x, make_grid(alphas_cumprod, steps, spacing), gates, known=known, progress=progress,
+              callback=callback)
 
 
 # --------------------------------------------------------------------------------------
