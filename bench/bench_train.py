@@ -204,8 +204,34 @@ def parse_args(argv=None):
     p.add_argument("--memory", choices=("all", "saved", "none"), default="all")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--optimizer-only", action="store_true",
+                   help="time AdamW steps (fused / foreach / for-loop) on our trainable set with random gradients")
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
+
+
+def optimizer_only(args, device) -> dict:
+    """Median ms of one ``AdamW.step()`` per implementation over our trainable parameters, interleaved."""
+    ours = bench_unet.build_ours(args.preset, args.seed, init=False)
+    params = [p.detach().to(device).requires_grad_() for n, p in ours.named_parameters() if trainable_ours(n)]
+    del ours
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opts = {k: torch.optim.AdamW(params, lr=5e-5, fused=k == "fused", foreach=k == "foreach")
+            for k in ("fused", "foreach", "for")}
+    times = {k: [] for k in opts}
+    for o in opts.values():
+        o.step()  # states allocated
+    names = list(opts)
+    for r in range(args.repeats):
+        for k in names[r % 3:] + names[:r % 3]:
+            _, w, _ = bench_unet.timed(opts[k].step, device)
+            times[k].append(w * 1000)
+    res = dict(params=sum(p.numel() for p in params), ms={k: statistics.median(v) for k, v in times.items()},
+               samples={k: [round(x, 1) for x in v] for k, v in times.items()})
+    res["fused_over_foreach"] = res["ms"]["fused"] / res["ms"]["foreach"]
+    print(json.dumps(res, indent=1))
+    return res
 
 
 def main(argv=None) -> dict:
@@ -213,6 +239,12 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.optimizer_only:
+        r = optimizer_only(args, device)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(r, f, indent=1)
+        return r
     res = args.resolution or (128 if device.type == "cpu" else 512)
     latent = res // 8 if args.preset == "full" else 8
     random.seed(args.seed)

@@ -2,6 +2,7 @@
 toy denoiser, exactness on a point-mass model, scheduled sampling, inpainting, the UNet bridge."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -279,3 +280,64 @@ def test_unet_denoiser_runs_a_guided_solver_end_to_end():
     out = solve("dpmpp_2m", den, x, AC, 8, gates=alpha_generator(8, [0.3, 0, 0.7]))
     assert out.shape == x.shape and torch.isfinite(out).all()
     assert not torch.allclose(out, x)
+
+
+# ------------------------------------------------------------------ the CLI / pipeline
+BOX = [[0.0, 0.09, 0.33, 0.76], [0.55, 0.11, 1.0, 0.8]]
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpts(tmp_path_factory):
+    from ldm.inference.standins import write_standins
+    from ldm.tiny import write_tiny_checkpoint, write_tiny_clip_model
+
+    d = tmp_path_factory.mktemp("tiny_solvers")
+    paths = {name: write_tiny_checkpoint(d / f"{name}.pth", fam, inpaint=inp)
+             for name, (fam, inp) in {"text": ("text", False), "inpaint_text": ("text", True), "hed": ("hed", False)}.items()}
+    paths["clip"] = write_tiny_clip_model(d / "clip")
+    write_standins(str(d / "images"))
+    paths["entries"] = {
+        "text": dict(prompt="a teddy bear and a bird", phrases=["a teddy bear", "a bird"], locations=BOX),
+        "inpaint_text": dict(prompt="a corgi and a cake", phrases=["corgi", "cake"], locations=BOX,
+                             input_image=str(d / "images" / "beach.jpg")),
+        "hed": dict(prompt="a man", hed_image=str(d / "images" / "hed_man_eat.png")),
+    }
+    return paths
+
+
+def test_default_steps_and_step_limits():
+    from ldm.inference.errors import LayoutError
+    from ldm.inference.pipeline import Settings
+
+    assert Settings(sampler="dpmpp_2m").num_steps == 20 and Settings(sampler="plms").num_steps == 50
+    assert Settings(sampler="unipc", steps=3).num_steps == 3  # any count (PLMS/DDIM would refuse 3)
+    with pytest.raises(LayoutError, match="at most 1000"):
+        Settings(sampler="euler", steps=1001)
+
+
+@pytest.mark.filterwarnings("ignore:SD first-conv weights not provided", "ignore:SD v1.4 first conv")
+@pytest.mark.parametrize("name,sampler", [("text", "dpmpp_2m"), ("text", "unipc"), ("inpaint_text", "dpmpp_2m_karras"),
+                                          ("hed", "euler")])
+def test_cli_with_solvers(tiny_ckpts, tmp_path, name, sampler):
+    """Every solver through gligen_inference.py, with grounding, inpainting and a spatial model
+    (scheduled sampling switches to SD's first conv), seeded runs repeatable from the saved JSON."""
+    import numpy as np
+    from PIL import Image
+
+    import gligen_inference
+
+    entry = {**tiny_ckpts["entries"][name], "ckpt": tiny_ckpts[name], "seed": 5, "save_folder_name": "s",
+             "alpha_type": [0.3, 0.0, 0.7]}
+    layout = tmp_path / "layout.json"
+    layout.write_text(json.dumps(entry))
+    out = tmp_path / "out"
+    rc = gligen_inference.main(["--layout", str(layout), "--clip", tiny_ckpts["clip"], "--device", "cpu",
+                                "--steps", "3", "--batch_size", "2", "--folder", str(out), "--no-progress",
+                                "--sampler", sampler])
+    assert rc == 0
+    rec = json.loads((out / "s" / "0.json").read_text())
+    assert rec["settings"]["sampler"] == sampler and rec["settings"]["steps"] == 3
+    first = np.asarray(Image.open(out / "s" / "0.png"))
+    assert gligen_inference.main(["--layout", str(out / "s" / "0.json"), "--folder", str(tmp_path / "again"),
+                                  "--device", "cpu", "--no-progress", "--clip", tiny_ckpts["clip"]]) == 0
+    assert np.array_equal(first, np.asarray(Image.open(tmp_path / "again" / "s" / "0.png")))
