@@ -34,10 +34,15 @@ def sample(model, diffusion, sampler: str, steps: int, noise, inp, uc, guidance)
     from ldm.models.diffusion.sampling import alpha_generator
     from ldm.models.diffusion.solvers import solve
 
-    from ldm.models.diffusion.solvers import unet_denoiser  # the pipeline's denoiser on this branch
-
     gates = alpha_generator(steps, [0.3, 0.0, 0.7])
-    denoise = unet_denoiser(model, inp, uc=uc, guidance_scale=guidance)
+    try:  # the denoiser of the functional samplers, where present
+        from ldm.models.diffusion.denoiser import GroundedDenoiser
+
+        denoise = GroundedDenoiser(model, inp["context"], inp["grounding_input"], uc, guidance)
+    except ImportError:
+        from ldm.models.diffusion.solvers import unet_denoiser
+
+        denoise = unet_denoiser(model, inp, uc=uc, guidance_scale=guidance)
     if sampler == "plms":
         from ldm.models.diffusion.sampling import make_schedule
 
