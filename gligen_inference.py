@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=DEVICES, default=None, help="default auto")
     p.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="default fp32")
     p.add_argument("--seed", type=int, default=None, help="seed for every generation (default: the layout's, else random)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default 50 PLMS / 250 DDIM)")
-    p.add_argument("--sampler", choices=SAMPLERS, default=None, help="default plms")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default 50 PLMS / 250 DDIM / 20 dpmpp_2m, unipc / 50 euler)")
+    p.add_argument("--sampler", choices=SAMPLERS, default=None, help="default plms; dpmpp_2m / unipc need 20 steps for PLMS-50's accuracy")
     p.add_argument("--no_plms", action="store_true", help="use DDIM (same as --sampler ddim)")
     p.add_argument("--guidance_scale", "--guidance-scale", dest="guidance_scale", type=float, default=None,
                    help="classifier-free guidance scale (default 7.5)")

@@ -34,7 +34,10 @@ DEFAULT_NEGATIVE_PROMPT = ("longbody, lowres, bad anatomy, bad hands, missing fi
                            "cropped, worst quality, low quality")
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 DEVICES = ("auto", "cpu", "cuda", "mps")
-SAMPLERS = ("plms", "ddim")
+SAMPLERS = ("plms", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "euler")
+#: default steps per sampler: the original's for PLMS / DDIM; the few-step solvers' match PLMS-50's
+#: accuracy at these counts (bench/RESULTS.md, "Sampler accuracy")
+DEFAULT_STEPS = {"plms": 50, "ddim": 250, "dpmpp_2m": 20, "dpmpp_2m_karras": 20, "unipc": 20, "euler": 50}
 MAX_STEPS = 1000  # the schedule's length
 MAX_BATCH_SIZE = 256
 MAX_GUIDANCE_SCALE = 100.0
@@ -57,7 +60,7 @@ class Settings:
     """Run options (CLI flags; a layout file's ``settings`` block gives defaults for them)."""
 
     sampler: str = "plms"
-    steps: int | None = None  # None: 50 (PLMS) / 250 (DDIM), as the original
+    steps: int | None = None  # None: DEFAULT_STEPS[sampler] (50 PLMS / 250 DDIM, as the original)
     guidance_scale: float = 7.5
     negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT
     batch_size: int = 5
@@ -95,7 +98,7 @@ class Settings:
             raise LayoutError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if self.steps is not None and (not _is_int(self.steps) or not 1 <= self.steps <= MAX_STEPS):
             raise LayoutError(f"steps must be a positive integer (1..{MAX_STEPS}), got {self.steps!r}")
-        if self.steps is not None:
+        if self.steps is not None and self.sampler in ("plms", "ddim"):
             from ldm.models.diffusion.sampling import make_ddim_timesteps
 
             try:
@@ -134,7 +137,7 @@ class Settings:
 
     @property
     def num_steps(self) -> int:
-        return self.steps if self.steps is not None else (50 if self.sampler == "plms" else 250)
+        return self.steps if self.steps is not None else DEFAULT_STEPS[self.sampler]
 
     def record(self) -> dict:
         """The settings a saved run needs to be repeated (see ``FILE_KEYS``)."""
@@ -275,14 +278,20 @@ class Runner:
         """
         from inpaint_mask_func import draw_masks_from_boxes
         from ldm.models.diffusion.denoiser import GroundedDenoiser
-        from ldm.models.diffusion.sampling import SAMPLERS, KnownRegion, alpha_generator, make_schedule
+        from ldm.models.diffusion.sampling import SAMPLERS as LOOPS
+        from ldm.models.diffusion.sampling import KnownRegion, alpha_generator, make_schedule
+        from ldm.models.diffusion.solvers import SOLVERS, make_grid
 
         s = self.settings
         path = self.checkpoint_for(gen)
         models, mode = self.load(path)
         gen.check_compatible(mode, f"checkpoint {os.path.basename(path)}")
         model, dev, dt = models.model, self.device, self.dtype
-        schedule = make_schedule(models.diffusion.alphas_cumprod, s.num_steps)
+        if s.sampler in SOLVERS:  # few-step ODE solvers: a timestep grid from t=999 down to 0
+            sample_fn, spacing = SOLVERS[s.sampler]
+            schedule = make_grid(models.diffusion.alphas_cumprod, s.num_steps, spacing)
+        else:  # the original's PLMS / DDIM tables
+            sample_fn, schedule = LOOPS[s.sampler], make_schedule(models.diffusion.alphas_cumprod, s.num_steps)
         gates = alpha_generator(len(schedule), gen.alpha_type)
         sd_conv = None
         if model.uses_spatial_first_conv and 0 in gates:
@@ -330,7 +339,7 @@ class Runner:
         shape = (B, model.in_channels, H // f, W // f)
         x = torch.randn(shape, device=dev) if starting_noise is None else starting_noise.to(dev, torch.float32)
         known = KnownRegion(models.diffusion, z0, mask) if mode.inpaint else None
-        samples = SAMPLERS[s.sampler](denoise, x, schedule, gates, known=known, progress=s.progress)
+        samples = sample_fn(denoise, x, schedule, gates, known=known, progress=s.progress)
         images = models.autoencoder.decode(samples.to(dt)).float()
         if not torch.isfinite(images).all():
             hint = "try --dtype fp32 or a smaller guidance scale" if s.dtype != "fp32" else "try a smaller guidance scale"

@@ -197,14 +197,15 @@ class TrainState:
 
 
 def build_train_state(models: Models, cfg, resume: dict | None = None, verbose: bool = True) -> TrainState:
-    """AdamW over the trainable parameters, the schedule, the resume weights, then EMA.
+    """AdamW (fused) over the trainable parameters, the schedule, the resume weights, then EMA.
 
     ``cfg`` provides ``base_learning_rate``, ``weight_decay``, ``scheduler_type``, ``warmup_steps``,
     ``total_iters``, ``enable_ema``. The EMA starts from the weights after the resume load (or from
     the checkpoint's ``ema`` when it has one)."""
     named = [(n, p) for n, p in models.unet.named_parameters() if p.requires_grad]
     names, params = [n for n, _ in named], [p for _, p in named]
-    opt = torch.optim.AdamW(params, lr=cfg.base_learning_rate, weight_decay=cfg.weight_decay)
+    # fused: one kernel for the whole update (same AdamW rule; ~4x faster step on CPU, bench/RESULTS.md)
+    opt = torch.optim.AdamW(params, lr=cfg.base_learning_rate, weight_decay=cfg.weight_decay, fused=True)
     if verbose:
         count_params(params)
     scheduler = make_scheduler(opt, cfg.scheduler_type, cfg.warmup_steps, cfg.total_iters)

@@ -10,10 +10,21 @@ from torch.utils.checkpoint import checkpoint as _torch_checkpoint
 
 
 def checkpoint(fn, *args, enabled: bool = True):
-    """Gradient checkpointing (non-reentrant) when ``enabled`` and autograd is recording."""
-    if enabled and torch.is_grad_enabled():
+    """Gradient checkpointing (non-reentrant) when ``enabled`` and autograd is recording.
+
+    Skipped when nothing in the call needs a gradient (no tensor argument requires grad and ``fn``,
+    a bound method, belongs to a module without trainable parameters: a frozen block ahead of the
+    first trainable layer records no graph, so checkpointing it would only add overhead)."""
+    if enabled and torch.is_grad_enabled() and _needs_grad(fn, args):
         return _torch_checkpoint(fn, *args, use_reentrant=False)
     return fn(*args)
+
+
+def _needs_grad(fn, args) -> bool:
+    if any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+        return True
+    owner = getattr(fn, "__self__", None)
+    return not isinstance(owner, nn.Module) or any(p.requires_grad for p in owner.parameters())
 
 
 def zero_module(module: nn.Module) -> nn.Module:
