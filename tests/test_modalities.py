@@ -1,5 +1,4 @@
 """Grounding tokenizers, downsamplers and adapters of every modality: shapes, masking, null inputs."""
-import importlib
 import os
 
 import pytest
@@ -17,7 +16,7 @@ B, N = 2, 30
 
 def adapter(family, kind="tokinzer"):
     suffix = "GroundingNetInput" if kind == "tokinzer" else "GroundingDSInput"
-    return getattr(importlib.import_module(f"grounding_input.{family}_grounding_{kind}_input"), suffix)()
+    return instantiate_from_config({"target": f"grounding_input.{family}_grounding_{kind}_input.{suffix}"})
 
 
 def randomize(module):
@@ -210,14 +209,16 @@ def test_full_size_spatial_model_forward_small_resolution():
     cfg["model"]["params"]["grounding_tokenizer"]["params"]["resize_input"] = 64  # -> 2x2 = 4 tokens
     torch.manual_seed(0)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    model = instantiate_from_config(cfg["model"]).eval()
-    gi, gdi = adapter("canny"), adapter("canny", "downsampler")
-    model.grounding_tokenizer_input = gi
-    batch = {"canny_edge": torch.randn(1, 3, 128, 128), "mask": torch.ones(1)}
-    with torch.no_grad():
-        tokens = model.position_net(**gi.prepare(batch))
-        assert tokens.shape == (1, 4, 768)
-        eps = model(dict(x=torch.randn(1, 4, 16, 16), timesteps=torch.tensor([500]), context=torch.randn(1, 77, 768),
-                         grounding_input=gi.prepare(batch), grounding_extra_input=gdi.prepare(batch)))
-    torch.set_num_threads(1)
+    try:
+        model = instantiate_from_config(cfg["model"]).eval()
+        gi, gdi = adapter("canny"), adapter("canny", "downsampler")
+        model.grounding_tokenizer_input = gi
+        batch = {"canny_edge": torch.randn(1, 3, 128, 128), "mask": torch.ones(1)}
+        with torch.no_grad():
+            tokens = model.position_net(**gi.prepare(batch))
+            assert tokens.shape == (1, 4, 768)
+            eps = model(dict(x=torch.randn(1, 4, 16, 16), timesteps=torch.tensor([500]), context=torch.randn(1, 77, 768),
+                             grounding_input=gi.prepare(batch), grounding_extra_input=gdi.prepare(batch)))
+    finally:
+        torch.set_num_threads(1)  # the suite's setting (conftest): later tests compare bytes across processes
     assert eps.shape == (1, 4, 16, 16) and torch.isfinite(eps).all()

@@ -2,7 +2,6 @@
 the new API's per-call gate / SD-first-conv arguments give the original's numbers."""
 from __future__ import annotations
 
-import importlib
 from functools import partial
 
 import pytest
@@ -18,8 +17,9 @@ B, S, ALPHA_TYPE = 2, 4, [0.5, 0, 0.5]  # 2 steps with the gates on, 2 off
 
 
 def _adapter(path):
-    module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)()
+    from ldm.util import instantiate_from_config
+
+    return instantiate_from_config({"target": path})
 
 
 def setup(family):
