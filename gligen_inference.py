@@ -131,31 +131,13 @@ def main(argv=None) -> int:
     """CLI entry point: ``error: <one line>`` and exit status 2 for bad input or missing resources,
     1 for anything else (``GLIGEN_DEBUG=1`` shows the traceback)."""
     from ldm.checkpoint import CheckpointError
+    from ldm.cli import guard
     from ldm.inference.errors import LayoutError, ResolveError
 
-    try:
+    # out of memory, a full disk, a bug: still one line, never a traceback
+    with guard((LayoutError, ResolveError, CheckpointError), status=2, others=1, interrupted="interrupted") as g:
         run(argv)
-    except (LayoutError, ResolveError, CheckpointError) as e:
-        if os.environ.get("GLIGEN_DEBUG"):
-            raise
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # out of memory, a full disk, a bug: still one line, never a traceback
-        if os.environ.get("GLIGEN_DEBUG"):
-            raise
-        kind = "out of memory" if "OutOfMemory" in type(e).__name__ else type(e).__name__
-        print(f"error: {kind}: {_one_line(e)} (set GLIGEN_DEBUG=1 for the traceback)", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(e).__name__
+    return g.status
 
 
 if __name__ == "__main__":

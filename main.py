@@ -18,16 +18,9 @@ Bad input (missing or malformed files, unknown classes, mismatching checkpoints)
 """
 from __future__ import annotations
 
-import os
 import sys
 
 from ldm.training.config import TrainConfig, build_parser, merged_config, parse_args, str2bool, str_or_none  # noqa: F401
-
-
-def _one_line(e: BaseException) -> str:
-    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-    lines = str(msg).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 def main(argv=None) -> int:
@@ -38,20 +31,16 @@ def main(argv=None) -> int:
     except RuntimeError:
         pass
     from ldm.checkpoint import CheckpointError
+    from ldm.cli import guard
 
     usage_errors = (FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError, KeyError, ValueError,
                     ImportError, CheckpointError)
-    try:
+    with guard(usage_errors, status=1) as g:  # expected user errors: one line
         cfg = parse_args(argv)
         from trainer import train
 
         train(cfg)
-    except usage_errors as e:  # expected user errors: one line (GLIGEN_DEBUG=1 shows the traceback)
-        if os.environ.get("GLIGEN_DEBUG"):
-            raise
-        print(f"error: {_one_line(e)}", file=sys.stderr, flush=True)
-        return 1
-    return 0
+    return g.status
 
 
 if __name__ == "__main__":
