@@ -120,20 +120,15 @@ def main(argv=None) -> int:
         ap.error("--ckpt_path and --new_ckpt_path are required")
 
     from ldm.checkpoint import CheckpointError, load_checkpoint_file, save_checkpoint
+    from ldm.cli import guard
 
-    try:
+    with guard((CheckpointError, KeyError, ValueError, OSError), status=1, others=1) as g:
         check_paths(args.ckpt_path, args.new_ckpt_path)
         ckpt = load_checkpoint_file(args.ckpt_path)
         out = convert_to_inpainting(ckpt, keep_all=not args.model_only)
         save_checkpoint(out, args.new_ckpt_path)
-    except Exception as e:  # one line, never a traceback (GLIGEN_DEBUG=1 shows it)
-        if os.environ.get("GLIGEN_DEBUG"):
-            raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        if not isinstance(e, (CheckpointError, KeyError, ValueError, OSError)):
-            msg = f"{type(e).__name__}: {msg}"
-        print(f"error: {(str(msg).strip().splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
-        return 1
+    if g.status:
+        return g.status
     w = out["model"][FIRST_CONV]
     print(f"wrote {args.new_ckpt_path}: {FIRST_CONV} {tuple(w.shape)} (channels 4..8 zero); "
           f"kept {', '.join(k for k in out if k != 'model') or 'nothing else'}")

@@ -611,9 +611,8 @@ def from_diffusers(source: str) -> dict:
 def convert_cli(parser, args) -> int:
     """``convert_ckpt.py --to_diffusers OUT_DIR --ckpt_path CKPT`` /
     ``--from_diffusers DIR_OR_REPO --new_ckpt_path OUT``; ``error: <one line>`` and status 1 on failure."""
-    import sys
-
     from ldm.checkpoint import save_checkpoint
+    from ldm.cli import guard
 
     if args.to_diffusers and args.from_diffusers:
         parser.error("--to_diffusers and --from_diffusers are exclusive")
@@ -621,7 +620,7 @@ def convert_cli(parser, args) -> int:
         parser.error("--to_diffusers needs --ckpt_path")
     if args.from_diffusers and not args.new_ckpt_path:
         parser.error("--from_diffusers needs --new_ckpt_path")
-    try:
+    with guard((CheckpointError, KeyError, ValueError, OSError), status=1) as g:
         if args.to_diffusers:
             out = to_diffusers(args.ckpt_path, args.to_diffusers, clip=args.clip)
             print(f"wrote diffusers folder {out}")
@@ -629,8 +628,4 @@ def convert_cli(parser, args) -> int:
             ckpt = from_diffusers(args.from_diffusers)
             save_checkpoint(ckpt, args.new_ckpt_path)
             print(f"wrote {args.new_ckpt_path}")
-    except (CheckpointError, KeyError, ValueError, OSError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {str(msg).splitlines()[0] if str(msg) else type(e).__name__}", file=sys.stderr)
-        return 1
-    return 0
+    return g.status
