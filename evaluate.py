@@ -146,11 +146,12 @@ def run_score(args) -> dict:
 def main(argv=None) -> int:
     """CLI entry point: ``error: <one line>`` and exit status 2 for bad input or missing resources."""
     from ldm.checkpoint import CheckpointError
+    from ldm.cli import guard
     from ldm.inference.errors import LayoutError, ResolveError
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
+    with guard((LayoutError, ResolveError, CheckpointError), status=2, interrupted="interrupted") as g:
         if args.compare:
             from ldm.evaluation.report import compare
 
@@ -161,13 +162,7 @@ def main(argv=None) -> int:
             run_score(args)
         else:
             parser.error("choose a stage (generate or score) or --compare A.json B.json")
-    except (LayoutError, ResolveError, CheckpointError) as e:
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return g.status
 
 
 if __name__ == "__main__":

@@ -284,7 +284,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--chunk_idx", type=int, default=0)
     ap.add_argument("--total_chunk", type=int, default=1)
     args = ap.parse_args(argv)
-    try:
+    from ldm.cli import guard
+
+    with guard((ValueError, OSError, KeyError), status=1, others=1) as g:
         if os.path.isdir(args.out):
             raise ValueError(f"--out {args.out} is a folder; give a .tsv file name")
         if not os.path.isdir(args.image_root):
@@ -294,14 +296,8 @@ def main(argv=None) -> dict:
         stats = make_tsv(args.annotations, args.image_root, args.out, clip=args.clip, detection=args.detection,
                          batch_size=args.batch_size, device=args.device, chunk_idx=args.chunk_idx,
                          total_chunk=args.total_chunk)
-    except Exception as e:  # one line, never a traceback (GLIGEN_DEBUG=1 shows it)
-        if os.environ.get("GLIGEN_DEBUG"):
-            raise
-        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        if not isinstance(e, (ValueError, OSError, KeyError)):
-            msg = f"{type(e).__name__}: {msg}"
-        print(f"error: {(msg.strip().splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
-        raise SystemExit(1) from None
+    if g.status:
+        raise SystemExit(g.status)
     print(json.dumps(stats))
     return stats
 

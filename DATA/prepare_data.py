@@ -99,7 +99,10 @@ def _print_summary(s: dict, out: str, config: str | None) -> None:
 
 
 def main(argv=None) -> int:
-    try:
+    from ldm.cli import guard
+
+    with guard((InputError,), status=2,
+               interrupted="interrupted (finished shards are kept; rerun the same command to continue)") as g:
         opts, n_preview = parse_args(argv)
         if not opts.progress:  # also the libraries' own bars (weight loading, downloads)
             from huggingface_hub.utils import disable_progress_bars
@@ -117,12 +120,8 @@ def main(argv=None) -> int:
         from DATA.prepare.pipeline import run
 
         summary = run(opts)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted (finished shards are kept; rerun the same command to continue)", file=sys.stderr)
-        return 130
+    if g.status:
+        return g.status
     _print_summary(summary, os.path.abspath(opts.out), opts.config)
     if not summary["rows"]:
         reasons = ", ".join(f"{n} {r}" for r, n in summary["images_dropped"].items())

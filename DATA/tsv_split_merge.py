@@ -101,19 +101,17 @@ def main(argv=None):
     ap.add_argument("--merge_in_folder", type=str, default="out")
     ap.add_argument("--merge_out_folder", type=str, default="merged_tsv")
     args = ap.parse_args(argv)
-    try:
+    from ldm.cli import guard
+
+    with guard((Exception,), status=1) as g:  # one line, never a traceback
         if args.mode == "merge":
             print(merge(args.merge_in_folder, args.merge_out_folder))
         else:
             for p in split(args.tsv_path, args.out_folder, args.keep_folder_if_exist, args.chuck_size,
                            args.lineidx_path):
                 print(p)
-    except Exception as e:  # one line, never a traceback (GLIGEN_DEBUG=1 shows it)
-        if os.environ.get("GLIGEN_DEBUG"):
-            raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"error: {msg}", file=sys.stderr)
-        raise SystemExit(1) from None
+    if g.status:
+        raise SystemExit(g.status)
 
 
 if __name__ == "__main__":
