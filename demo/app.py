@@ -40,6 +40,7 @@ if ROOT not in sys.path:
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from ldm.checkpoint import CheckpointError  # noqa: E402
+from ldm.cli import guard, one_line  # noqa: E402
 from ldm.inference.checkpoints import HUB_FILENAME, RELEASED, RELEASED_MODES  # noqa: E402
 from ldm.inference.errors import LayoutError, ResolveError  # noqa: E402
 from ldm.inference.layout import Generation, load_layout  # noqa: E402
@@ -56,11 +57,6 @@ SIZE_INFO = "output pixels"
 MAP_LABELS = {"hed": "HED edge map", "canny": "Canny edge map", "depth": "Depth map", "normal": "Surface normal map",
               "sem": "Semantic map (a label PNG: ADE20K class ids 0..150 per pixel)"}
 MODEL_QUEUE = "model"  # every event that loads a model or samples shares this queue (one at a time)
-
-
-def one_line(e: BaseException) -> str:
-    msg = str(e).strip()
-    return msg.splitlines()[0] if msg else type(e).__name__
 
 
 # ====================================================================== model service (no UI)
@@ -593,11 +589,10 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(min(4, torch.get_num_threads()))
-    try:
+    with guard((LayoutError, ResolveError, CheckpointError), status=2) as g:
         page, _, launch = build_app(args)
-    except (LayoutError, ResolveError, CheckpointError) as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
+    if g.status:
+        return g.status
     try:
         page.launch(**launch)
     except OSError as e:  # e.g. the port is taken
