@@ -68,10 +68,9 @@ def image_size(image: Any) -> tuple[int, int]:
         return int(image.shape[1]), int(image.shape[0])
     if hasattr(image, "size") and not callable(image.size):
         return tuple(image.size)
-    from PIL import Image
+    from ldm.imageops import image_size as header_size
 
-    with Image.open(image) as im:
-        return im.size
+    return header_size(image)  # from the header, size-checked
 
 
 def normalised_boxes(annotation: dict | None) -> list[list[float]]:

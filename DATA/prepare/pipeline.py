@@ -36,12 +36,11 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from DATA.make_tsv import make_tsv
 from dataset.codec import encode_image_b64, encode_row
 from dataset.tsv import TSVWriter
-from ldm.imageops import canny
+from ldm.imageops import ImageError, canny, open_image
 from ldm.modules.encoders.clip_features import DEFAULT_CLIP_VERSION as DEFAULT_CLIP
 
 from .annotators import (DEFAULT_CAPTIONER, DEFAULT_DEPTH, DEFAULT_DETECTOR, DEFAULT_POSE, DEFAULT_SEMANTIC,
@@ -176,12 +175,11 @@ class Sources:
 
 
 def read_image(path: str):
-    """Fully loaded RGB image, or None if the file cannot be read as an image."""
+    """Fully loaded RGB image, or None if the file cannot be read as an image (or is too large to
+    decode safely: :func:`ldm.imageops.open_image`)."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return open_image(path, "RGB")
+    except ImageError:
         return None
 
 

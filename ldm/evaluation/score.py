@@ -70,13 +70,10 @@ def load_generated(gen_dir: str) -> tuple[dict, list[dict], int]:
 
 
 def open_rgb(path: str):
-    from PIL import Image, UnidentifiedImageError
+    """RGB image through the one size-checked opener (:func:`ldm.imageops.open_image`)."""
+    from ldm.imageops import open_image
 
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (OSError, UnidentifiedImageError) as e:
-        raise LayoutError(f"cannot read image {path}: {type(e).__name__}") from None
+    return open_image(path, "RGB", error=LayoutError)
 
 
 def uint8_tensor(image) -> torch.Tensor:
