@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from ldm.cli import one_line
+from ldm.constants import SD_FIRST_CONV_FILE
 from ldm.util import instantiate_from_config, to_plain
 
 MODEL_SECTIONS = ("model", "autoencoder", "text_encoder", "diffusion")
@@ -77,7 +79,7 @@ def safe_torch_load(path: str | os.PathLike, map_location="cpu", trust: bool | N
         try:
             return torch.load(path, map_location=map_location, weights_only=False)
         except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
-            raise CheckpointError(f"cannot read checkpoint {path} (truncated or corrupted?): {_first_line(e)}") from e
+            raise CheckpointError(f"cannot read checkpoint {path} (truncated or corrupted?): {one_line(e)}") from e
     try:
         with torch.serialization.safe_globals(_allowed_globals()), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
@@ -88,12 +90,7 @@ def safe_torch_load(path: str | os.PathLike, map_location="cpu", trust: bool | N
         if name is not None:
             raise UntrustedCheckpointError(f"refused: {path} needs the Python object {name}, which is not on the "
                                            f"allow-list ({TRUST_HINT})") from None
-        raise CheckpointError(f"cannot read checkpoint {path} (truncated or corrupted?): {_first_line(e)}") from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated or corrupted?): {one_line(e)}") from None
 
 
 _STRING_OPS = frozenset(("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING",
@@ -209,7 +206,7 @@ def _read_safetensors(path: str) -> tuple[dict, dict]:
             meta = json.loads((f.metadata() or {}).get("gligen", "{}"))
         flat = load_file(path)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"cannot read safetensors file {path} (truncated or corrupted?): {_first_line(e)}") from None
+        raise CheckpointError(f"cannot read safetensors file {path} (truncated or corrupted?): {one_line(e)}") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: its 'gligen' metadata is not a JSON object")
     return flat, meta
@@ -297,7 +294,7 @@ def config_from_checkpoint(ckpt: dict, source: str = "checkpoint", trust: bool |
         content = to_plain(_config_dict_content(ckpt["config_dict"]))
         config = {k: _plain_node(v) for k, v in content.items()} if isinstance(content, dict) else content
     except Exception as e:  # OmegaConf interpolation / resolver errors
-        raise CheckpointError(f"{source}: its embedded config cannot be read: {_first_line(e)}") from None
+        raise CheckpointError(f"{source}: its embedded config cannot be read: {one_line(e)}") from None
     if not _trusted(trust):
         check_config_trusted(config, source)
     return config
@@ -407,7 +404,7 @@ def _build(config: dict, section: str, source: str):
     except (TypeError, ValueError, KeyError, ImportError, AttributeError, AssertionError) as e:
         target = config[section].get("target")
         raise CheckpointError(f"{source}: cannot build '{section}' ({target}) from its config: "
-                              f"{_first_line(e)}") from None
+                              f"{one_line(e)}") from None
 
 
 def build_from_checkpoint(ckpt: dict | str | os.PathLike, device="cpu", config: dict | None = None,
@@ -519,8 +516,8 @@ def load_sd_first_conv(source: str | os.PathLike | None = None) -> dict[str, tor
     ``./SD_input_conv_weight_bias.pth`` if present, else a cached copy, else the two tensors read by byte
     range from ``CompVis/stable-diffusion-v1-4`` on the Hub (about 46 KB; honours ``HF_HUB_OFFLINE``).
     """
-    if source is None and os.path.isfile("SD_input_conv_weight_bias.pth"):
-        source = "SD_input_conv_weight_bias.pth"
+    if source is None and os.path.isfile(SD_FIRST_CONV_FILE):
+        source = SD_FIRST_CONV_FILE
     if source is not None:
         source = os.fspath(source)
         if source.endswith(".safetensors"):
@@ -537,12 +534,12 @@ def load_sd_first_conv(source: str | os.PathLike | None = None) -> dict[str, tor
 
     from huggingface_hub import constants
 
-    cached = os.path.join(constants.HF_HUB_CACHE, "gligen", "SD_input_conv_weight_bias.pth")
+    cached = os.path.join(constants.HF_HUB_CACHE, "gligen", SD_FIRST_CONV_FILE)
     if os.path.isfile(cached):
         return load_sd_first_conv(cached)
     if constants.HF_HUB_OFFLINE:
         raise CheckpointError("SD v1.4 first conv not cached and HF_HUB_OFFLINE is set; pass "
-                              "--sd_first_conv SD_input_conv_weight_bias.pth (or an SD v1.4 checkpoint)")
+                              f"--sd_first_conv {SD_FIRST_CONV_FILE} (or an SD v1.4 checkpoint)")
     from huggingface_hub import HfFileSystem
 
     with HfFileSystem().open(f"{SD_REPO_ID}/{SD_UNET_FILE}", "rb", block_size=1 << 16) as f:

@@ -14,6 +14,8 @@ NUM_KEYPOINTS = 17
 #: channels of the semantic-map one-hot: 151 ADE20K values (0 = unlabeled, 1..150 = classes)
 #: plus one spare channel that is always zero (the released sem checkpoint takes 152)
 SEM_CHANNELS = 152
+#: largest class id of an ADE20K label map (0 = unlabeled)
+MAX_SEM_LABEL = 150
 
 #: the original's file holding SD v1.4's first conv ``{"weight": (320, 4, 3, 3), "bias": (320,)}``
 SD_FIRST_CONV_FILE = "SD_input_conv_weight_bias.pth"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
+from ldm.cli import one_line
 from ldm.inference.errors import ResolveError
 
 _TRUE = ("1", "true", "yes", "on")
@@ -34,11 +35,6 @@ def is_cached(repo: str, filename: str = "config.json") -> bool:
         return False
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def load_pretrained(load, repo: str, what: str, *, flag: str | None = None,
                     error: type[Exception] = ResolveError):
     """``load(repo)`` (a ``from_pretrained``) for the ``what`` model: a download notice on first
@@ -56,5 +52,5 @@ def load_pretrained(load, repo: str, what: str, *, flag: str | None = None,
         return load(repo)
     except (OSError, ValueError) as e:  # missing files, HTTP errors, bad configs
         if os.path.isdir(repo):
-            raise error(f"{what} model folder {repo} cannot be loaded ({_first_line(e)})") from None
-        raise error(f"{what} model {repo!r} could not be loaded ({_first_line(e)}){local}") from None
+            raise error(f"{what} model folder {repo} cannot be loaded ({one_line(e)})") from None
+        raise error(f"{what} model {repo!r} could not be loaded ({one_line(e)}){local}") from None

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ldm.constants import SEM_CHANNELS
+from ldm.constants import MAX_SEM_LABEL, SEM_CHANNELS
 
 
 #: largest picture decoded (pixels): 64 MP, e.g. 8192 x 8192; Pillow only warns up to ~179 MP
@@ -106,7 +106,7 @@ def open_image(source, mode: str | None = "RGB", what: str = "image",
         raise error(str(e)) from None
 
 #: ADE20K label maps hold class ids 0..150 (150 classes + "other")
-MAX_LABEL_ID = 150
+MAX_LABEL_ID = MAX_SEM_LABEL
 
 
 def open_label_map(source, what: str = "semantic map", max_id: int = MAX_LABEL_ID,

@@ -84,6 +84,7 @@ class GroundedDenoiser:
         if self.guided and batched:
             self.both = {k: _cat_pair(self.cond[k], self.uncond[k]) for k in self.cond}
         self._tokens: dict = {}
+        self._gates: dict = {}
 
     def _adapter_null_input(self) -> dict:
         """Grounding for a call without any (legacy callers only): the attached adapter's null input."""
@@ -104,7 +105,9 @@ class GroundedDenoiser:
                     self.sd_first_conv = self.model.checkpoint_first_conv_as_sd()
                 conv = self.sd_first_conv
             return dict(gate_scale=0.0, sd_first_conv=conv)
-        return dict(gate_scale=torch.tensor(float(gate), dtype=self.dtype, device=self.cond["context"].device))
+        if gate not in self._gates:  # one 0-dim tensor per distinct gate value, not one per step
+            self._gates[gate] = torch.tensor(float(gate), dtype=self.dtype, device=self.cond["context"].device)
+        return dict(gate_scale=self._gates[gate])
 
     def _run(self, inputs: dict, key: str, x: torch.Tensor, t: torch.Tensor, gate) -> torch.Tensor:
         inp = dict(inputs, x=x, timesteps=t)
